@@ -1,0 +1,1 @@
+"""logmesh: a pub-sub log aggregator on NATS JetStream and DuckDB."""

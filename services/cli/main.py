@@ -1,0 +1,29 @@
+"""The ``logmesh`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from services.cli import commands, services
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logmesh",
+        description="Pub-sub log aggregator: NATS JetStream in, each distinct event stored once in DuckDB.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.register(sub)
+    services.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""``logmesh ingest``, ``logmesh query``, ``logmesh sink``: one service per process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from services.cli.runner import run, serve_http
+from services.common.logs import setup_logging
+from services.common.settings import add_settings_arguments, settings_from_args
+from services.ingest.app import create_app as create_ingest_app
+from services.ingest.settings import IngestSettings
+from services.query.app import create_app as create_query_app
+from services.query.settings import QuerySettings
+from services.sink.service import Sink
+from services.sink.settings import SinkSettings
+
+log = logging.getLogger("logmesh")
+
+
+def ingest_command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(IngestSettings, args)
+    setup_logging(settings.log_level, settings.log_format)
+
+    async def main(stopping: asyncio.Event) -> int:
+        def ready(port: int) -> None:
+            log.info("ingest listening on http://%s:%d (POST /publish)", settings.host, port)
+
+        return await serve_http(create_ingest_app(settings), settings.host, settings.http_port, stopping, ready)
+
+    return run(main)
+
+
+def query_command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(QuerySettings, args)
+    setup_logging(settings.log_level, settings.log_format)
+
+    async def main(stopping: asyncio.Event) -> int:
+        def ready(port: int) -> None:
+            log.info("query listening on http://%s:%d (GET /stats /events /dead-letters)", settings.host, port)
+
+        return await serve_http(create_query_app(settings), settings.host, settings.http_port, stopping, ready)
+
+    return run(main)
+
+
+def sink_command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(SinkSettings, args)
+    setup_logging(settings.log_level, settings.log_format)
+
+    async def main(stopping: asyncio.Event) -> int:
+        await Sink(settings).run(stopping)
+        return 0
+
+    return run(main)
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    for name, settings_cls, handler, text in (
+        ("ingest", IngestSettings, ingest_command, "run the ingest HTTP service (POST /publish)"),
+        ("query", QuerySettings, query_command, "run the query HTTP service (stats, events, dead letters)"),
+        ("sink", SinkSettings, sink_command, "run the sink: JetStream consumer writing to DuckDB"),
+    ):
+        parser = commands.add_parser(name, help=text, description=text)
+        add_settings_arguments(parser, settings_cls)
+        parser.set_defaults(handler=handler)

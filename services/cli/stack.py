@@ -1,0 +1,135 @@
+"""The whole pipeline on one machine: embedded nats-server, the sink as a child process, and ingest
+plus query routes on one HTTP port. ``logmesh up``, ``demo`` and ``bench`` run it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from starlette.applications import Starlette
+
+from services.common.embedded import EmbeddedNats
+from services.common.http import EXCEPTION_HANDLERS, bound_port, health_routes, make_server
+from services.common.processes import python_command, spawn, stop_process
+from services.common.settings import CommonSettings, flag_name
+from services.ingest.app import Ingest, ingest_routes
+from services.ingest.settings import IngestSettings
+from services.query.app import Query, query_routes
+from services.query.settings import QuerySettings
+
+log = logging.getLogger("logmesh")
+
+
+class UpSettings(CommonSettings):
+    data_dir: Path = Field(Path("data"), description="directory for the DuckDB file and the JetStream store")
+    host: str = Field("127.0.0.1", description="HTTP listen address")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP port for ingest and query (0 picks one)")
+    nats_port: int = Field(4222, ge=1, le=65535, description="port of the embedded nats-server")
+    nats_url: str | None = Field(None, description="use this NATS server instead of starting one")
+
+
+def combined_app(ingest_settings: IngestSettings, query_settings: QuerySettings) -> Starlette:
+    ingest, query = Ingest(ingest_settings), Query(query_settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await ingest.start()
+        await query.start()
+        yield
+        await query.stop()
+        await ingest.stop()
+
+    return Starlette(
+        routes=[*ingest_routes(ingest), *query_routes(query), *health_routes([ingest.readiness, query.readiness])],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+
+
+class Stack:
+    def __init__(self, settings: UpSettings, *, sink_log_level: str | None = None) -> None:
+        self.settings = settings
+        self.sink_log_level = sink_log_level or settings.log_level
+        self.nats: EmbeddedNats | None = None
+        self.nats_url = settings.nats_url or ""
+        self.http_url = ""
+        self.sink: subprocess.Popen[bytes] | None = None
+        self._server: Any = None
+        self._serving: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def _common(self) -> dict[str, Any]:
+        return {name: getattr(self.settings, name) for name in CommonSettings.model_fields}
+
+    def sink_command(self) -> list[str]:
+        flags = {
+            **self._common(),
+            "log_level": self.sink_log_level,
+            "nats_url": self.nats_url,
+            "data_dir": self.settings.data_dir,
+        }
+        args = ["sink"]
+        for name, value in flags.items():
+            args += [flag_name(name), str(value)]
+        return python_command(*args)
+
+    async def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        if not s.nats_url:
+            self.nats = EmbeddedNats(s.data_dir / "nats", port=s.nats_port)
+            await self.nats.start()
+            self.nats_url = self.nats.url
+        self._start_sink()
+        self._supervisor = asyncio.create_task(self._supervise_sink())
+        http = {"nats_url": self.nats_url, "host": s.host, "http_port": s.http_port, **self._common()}
+        app = combined_app(IngestSettings(**http), QuerySettings(**http))
+        self._server = make_server(app, s.host, s.http_port)
+        self._serving = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._serving.done():
+                with contextlib.suppress(SystemExit):
+                    await self._serving
+                raise RuntimeError(f"HTTP server could not listen on {s.host}:{s.http_port}")
+            await asyncio.sleep(0.02)
+        self.http_url = f"http://{s.host}:{bound_port(self._server)}"
+
+    def _start_sink(self) -> None:
+        self.sink = spawn(self.sink_command())
+
+    async def _supervise_sink(self) -> None:
+        """Restarts the sink if it dies: it resumes from its store and JetStream redelivers the rest."""
+        delay = 0.5
+        while not self._stopping:
+            assert self.sink is not None
+            code = await asyncio.to_thread(self.sink.wait)
+            if self._stopping:
+                return
+            log.error("sink exited with code %s; restarting it in %.1f s", code, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            if not self._stopping:
+                self._start_sink()
+
+    async def stop(self) -> int:
+        """Stops in dependency order: HTTP (finish requests), the sink (commit, ack, drain), NATS."""
+        self._stopping = True
+        if self._server is not None and self._serving is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(SystemExit):
+                await self._serving
+        code = 0
+        if self.sink is not None:
+            code = await stop_process(self.sink, timeout=30)
+        if self._supervisor is not None:
+            await self._supervisor
+        if self.nats is not None:
+            await self.nats.stop()
+        return code

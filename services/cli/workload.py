@@ -1,0 +1,169 @@
+"""The load generator's events and the two ways to send them: HTTP ``POST /publish`` or straight into
+JetStream. Both retry a failed batch with the same ids, which is always safe."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+from tqdm import tqdm
+
+from services.common.jetstream import connect, log_subject
+from services.common.model import msg_id
+from services.common.publisher import AckedPublisher, Outgoing, duplicates_by_topic, receipt_message
+
+LEVELS = ("debug", "info", "info", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Workload:
+    events: list[dict[str, Any]]
+    unique: int
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.events) - self.unique
+
+    def batches(self, size: int) -> list[list[dict[str, Any]]]:
+        return [self.events[i : i + size] for i in range(0, len(self.events), size)]
+
+
+def make_workload(events: int, dup: float, topics: int, run_id: str | None = None, seed: int = 7) -> Workload:
+    """``events`` events of which a fraction ``dup`` repeat an earlier one (same topic and id)."""
+    if not 0 <= dup < 1:
+        raise ValueError("dup must be in [0, 1)")
+    rng = random.Random(seed)
+    run = run_id or uuid.uuid4().hex[:8]
+    unique = events - round(events * dup)
+    start = datetime.now(UTC).replace(microsecond=0)
+    originals = [
+        {
+            "topic": f"topic_{i % topics}",
+            "event_id": f"{run}-{i:09d}",
+            "timestamp": (start + timedelta(milliseconds=i)).isoformat().replace("+00:00", "Z"),
+            "source": f"publisher-{i % 4}",
+            "payload": {"level": LEVELS[i % len(LEVELS)], "message": f"request {i} handled", "n": i},
+        }
+        for i in range(unique)
+    ]
+    out = originals + [rng.choice(originals) for _ in range(events - unique)] if unique else []
+    rng.shuffle(out)
+    return Workload(out, unique)
+
+
+@dataclass
+class SendReport:
+    accepted: int = 0
+    duplicates: int = 0
+    retries: int = 0
+    first_send: float = 0.0  # wall-clock time of the first send, to compare with the sink's commits
+    errors: list[str] = field(default_factory=list)
+
+
+class Rejected(Exception):
+    """The server refused a batch for a reason retrying cannot fix."""
+
+
+def _progress(total: int, show: bool, label: str) -> tqdm:
+    return tqdm(total=total, unit="ev", unit_scale=True, desc=label, disable=not show, leave=False)
+
+
+async def send_http(
+    url: str, batches: Sequence[Sequence[dict[str, Any]]], clients: int, *, show_progress: bool = True
+) -> SendReport:
+    bodies = [(orjson.dumps(list(b)), len(b)) for b in batches]
+    report = SendReport()
+    queue: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
+    for item in bodies:
+        queue.put_nowait(item)
+    progress = _progress(sum(n for _, n in bodies), show_progress, "publish (HTTP)")
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    report.first_send = time.time()
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=60, limits=limits) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                body, count = queue.get_nowait()
+                delay = 0.2
+                while True:
+                    try:
+                        resp = await client.post("/publish", content=body, headers={"content-type": "application/json"})
+                    except httpx.TransportError as exc:
+                        report.errors.append(str(exc) or type(exc).__name__)
+                    else:
+                        if resp.status_code == 202:
+                            answer = resp.json()
+                            report.accepted += answer["accepted"]
+                            report.duplicates += answer["duplicates"]
+                            progress.update(count)
+                            break
+                        if resp.status_code not in (408, 429, 503, 504):
+                            raise Rejected(f"{resp.status_code}: {resp.text[:500]}")
+                        report.errors.append(f"HTTP {resp.status_code}")
+                        delay = max(delay, float(resp.headers.get("retry-after", 0) or 0))
+                    report.retries += 1
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    progress.close()
+    return report
+
+
+async def send_nats(
+    nats_url: str, batches: Sequence[Sequence[dict[str, Any]]], clients: int, *, show_progress: bool = True
+) -> SendReport:
+    """Publishes with JetStream acks (and a receipt for the duplicates, as ingest does)."""
+    report = SendReport()
+    prepared = [
+        [Outgoing(log_subject(e["topic"]), orjson.dumps(e), msg_id(e["topic"], e["event_id"])) for e in batch]
+        for batch in batches
+    ]
+    topics = [[e["topic"] for e in batch] for batch in batches]
+    nc = await connect(nats_url, "logmesh-publish")
+    publisher = AckedPublisher(nc)
+    await publisher.start()
+    progress = _progress(sum(len(b) for b in prepared), show_progress, "publish (NATS)")
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(prepared)):
+        queue.put_nowait(i)
+    report.first_send = time.time()
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            delay = 0.2
+            while True:
+                result = await publisher.publish(prepared[i], timeout=10)
+                duplicates = duplicates_by_topic(topics[i], result)
+                while duplicates:
+                    receipt = await publisher.publish([receipt_message(duplicates)], timeout=10)
+                    if receipt.complete:
+                        break
+                    await asyncio.sleep(delay)
+                if result.complete:
+                    report.accepted += len(prepared[i])
+                    report.duplicates += result.duplicates
+                    progress.update(len(prepared[i]))
+                    break
+                # Resend the whole batch with the same ids: what was stored comes back as duplicates.
+                report.errors.append(result.first_error() or "acknowledgements timed out")
+                report.retries += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    finally:
+        progress.close()
+        await publisher.stop()
+        await nc.drain()
+    return report

@@ -1,0 +1,149 @@
+"""HTTP pieces shared by ingest and query: one JSON error shape everywhere, health routes, serving.
+
+Every error body is ``{"error": {"status", "code", "message", "details"}}``; ``details`` lists
+``{"index", "field", "message"}`` items when an input was rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+log = logging.getLogger("logmesh.http")
+
+
+class FastJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: Sequence[Mapping[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = list(details or [])
+        self.headers = dict(headers or {})
+
+
+_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    500: "internal_error",
+    503: "unavailable",
+    504: "timeout",
+}
+
+
+def error_response(
+    status: int,
+    code: str | None,
+    message: str,
+    details: Sequence[Mapping[str, Any]] = (),
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    body = {
+        "error": {
+            "status": status,
+            "code": code or _CODES.get(status, "error"),
+            "message": message,
+            "details": list(details),
+        }
+    }
+    return FastJSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, None, str(exc.detail), headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, None, "internal error; see the service log")
+
+
+EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    ApiError: _api_error,
+    HTTPException: _http_error,
+    Exception: _unexpected,
+}
+
+ReadinessCheck = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def health_routes(checks: Sequence[ReadinessCheck]) -> list[Route]:
+    """``/healthz``: the process answers. ``/readyz``: every dependency answers (each check returns
+    ``{"name": {"ok": bool, ...}}``); 503 when one does not."""
+
+    async def healthz(request: Request) -> Response:
+        return FastJSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        parts: dict[str, Any] = {}
+        for part in await asyncio.gather(*(check() for check in checks)):
+            parts.update(part)
+        ready = all(p.get("ok") for p in parts.values())
+        return FastJSONResponse({"ready": ready, "checks": parts}, status_code=200 if ready else 503)
+
+    return [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+
+
+class EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to the command owning the process, which stops every
+    part in order (HTTP first, then the sink, then NATS) by setting ``should_exit``."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def make_server(app: Starlette, host: str, port: int) -> EmbeddedServer:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    return EmbeddedServer(config)
+
+
+def bound_port(server: uvicorn.Server) -> int:
+    """The port actually bound (for ``--http-port 0``)."""
+    for s in server.servers:
+        for sock in s.sockets:
+            return int(sock.getsockname()[1])
+    raise RuntimeError("server is not listening")

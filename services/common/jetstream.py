@@ -1,0 +1,154 @@
+"""NATS connection and JetStream setup, declared idempotently by whichever service starts first."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    ConsumerInfo,
+    DeliverPolicy,
+    DiscardPolicy,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from services.common.settings import CommonSettings
+
+log = logging.getLogger("logmesh.nats")
+
+LOG_SUBJECT_PREFIX = "logs."
+LOG_SUBJECTS = "logs.>"
+# Ingest and the load generator tell the sink here how many publishes JetStream dropped as duplicates.
+RECEIPT_SUBJECT = "logmesh.receipts"
+# The sink answers queries over its own DuckDB connection on these subjects.
+QUERY_SUBJECT_PREFIX = "logmesh.query"
+SINK_SERVICE_NAME = "logmesh-sink"
+MSG_ID_HEADER = "Nats-Msg-Id"
+SOURCE_HEADER = "Logmesh-Source"
+
+
+def log_subject(topic: str) -> str:
+    return LOG_SUBJECT_PREFIX + topic
+
+
+async def connect(url: str, name: str, *, stopping: asyncio.Event | None = None) -> Client:
+    """Connects, retrying until the server answers, so services may start in any order. Once connected,
+    the client reconnects by itself for ever."""
+    delay = 0.1
+    warned = False
+    while True:
+        nc = Client()
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("NATS error (%s): %s", name, exc or type(exc).__name__)
+
+        async def on_disconnect(nc: Client = nc) -> None:
+            if not (nc.is_closed or nc.is_draining):
+                log.warning("NATS connection lost (%s); reconnecting", name)
+
+        async def on_reconnect() -> None:
+            log.info("NATS reconnected (%s)", name)
+
+        try:
+            await nc.connect(
+                servers=[u.strip() for u in url.split(",")],
+                name=name,
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; the stub says int
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+            return nc
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            if not warned:
+                log.warning("waiting for NATS at %s: %s", url, exc or type(exc).__name__)
+                warned = True
+        if stopping is not None and stopping.is_set():
+            raise ConnectionError(f"stopped while waiting for NATS at {url}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+def stream_config(settings: CommonSettings) -> StreamConfig:
+    return StreamConfig(
+        name=settings.stream,
+        subjects=[LOG_SUBJECTS, RECEIPT_SUBJECT],
+        storage=StorageType.FILE,
+        duplicate_window=settings.duplicate_window,
+        max_age=settings.max_age,
+        max_bytes=settings.stream_max_bytes,
+        # A full stream refuses new messages (ingest answers 503) rather than dropping unconsumed old ones.
+        discard=DiscardPolicy.NEW,
+        num_replicas=settings.replicas,
+    )
+
+
+_OWNED_FIELDS = ("subjects", "duplicate_window", "max_age", "max_bytes", "discard", "num_replicas")
+
+
+def _differs(have: StreamConfig, want: StreamConfig) -> bool:
+    return any(getattr(have, f) != getattr(want, f) for f in _OWNED_FIELDS)
+
+
+async def ensure_stream(js: JetStreamContext, settings: CommonSettings) -> StreamInfo:
+    """Creates the stream, or updates the settings logmesh owns if they changed."""
+    if settings.duplicate_window > settings.max_age:
+        raise ValueError("duplicate_window must not be longer than max_age")
+    want = stream_config(settings)
+    try:
+        info = await js.stream_info(settings.stream)
+    except NotFoundError:
+        try:
+            return await js.add_stream(want)
+        except BadRequestError:
+            # Another service created it first, perhaps with other settings: fall through to compare.
+            info = await js.stream_info(settings.stream)
+    if _differs(info.config, want):
+        log.info("updating stream %s to the configured settings", settings.stream)
+        info = await js.update_stream(want)
+    return info
+
+
+async def ensure_consumer(
+    js: JetStreamContext,
+    stream: str,
+    name: str,
+    *,
+    ack_wait: float,
+    max_ack_pending: int,
+) -> ConsumerInfo:
+    """Declares the sink's durable pull consumer (create or update). Ack policy ALL: the sink commits
+    batches in delivery order, so acking a batch's last message acknowledges the whole batch."""
+    config = ConsumerConfig(
+        name=name,
+        durable_name=name,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.ALL,
+        ack_wait=ack_wait,
+        max_ack_pending=max_ack_pending,
+        max_deliver=-1,
+    )
+    return await js.add_consumer(stream, config)
+
+
+async def wait_for_stream(js: JetStreamContext, settings: CommonSettings) -> StreamInfo:
+    """Declares the stream, retrying while JetStream is not ready yet (server just started, no quorum)."""
+    delay = 0.1
+    while True:
+        try:
+            return await ensure_stream(js, settings)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.ServiceUnavailableError) as exc:
+            log.warning("JetStream not ready (%s); retrying", exc or type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

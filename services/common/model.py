@@ -1,0 +1,126 @@
+"""The log event: one schema for HTTP requests, stream messages and stored rows.
+
+Identity is ``(topic, event_id)``. The JetStream ``Nats-Msg-Id`` is ``<topic>:<event_id>`` because the
+duplicate window is per stream, not per subject, so the id must carry the topic.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
+
+TOPIC_MAX = 128
+EVENT_ID_MAX = 256
+SOURCE_MAX = 128
+
+_TOPIC_RE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+_valid_topics: set[str] = set()
+
+
+def check_topic(value: str) -> str:
+    # A handful of topics carry almost all traffic: remember the good ones instead of matching again.
+    if value in _valid_topics:
+        return value
+    if not 1 <= len(value) <= TOPIC_MAX or not _TOPIC_RE.fullmatch(value):
+        raise PydanticCustomError(
+            "topic_invalid",
+            "topic must be 1-128 characters of letters, digits, '_' or '-', with '.' between non-empty segments",
+        )
+    if len(_valid_topics) < 100_000:
+        _valid_topics.add(value)
+    return value
+
+
+def check_event_id(value: str) -> str:
+    if not 1 <= len(value) <= EVENT_ID_MAX:
+        raise PydanticCustomError("event_id_length", "event_id must be 1-256 characters")
+    if not value.isprintable():
+        raise PydanticCustomError("event_id_unprintable", "event_id must contain only printable characters")
+    if value != value.strip():
+        raise PydanticCustomError("event_id_whitespace", "event_id must not start or end with whitespace")
+    return value
+
+
+def to_utc(value: datetime) -> datetime:
+    """A naive time is taken as UTC; an aware one is converted to UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+Topic = Annotated[str, Field(strict=True), AfterValidator(check_topic)]
+EventId = Annotated[str, Field(strict=True), AfterValidator(check_event_id)]
+# strict: only ISO-8601 strings, not numbers that lax mode would read as Unix time.
+Timestamp = Annotated[datetime, Field(strict=True), AfterValidator(to_utc)]
+Source = Annotated[str, Field(strict=True, min_length=1, max_length=SOURCE_MAX)]
+Payload = Annotated[dict[str, Any], Field(strict=True)]
+
+
+class Event(BaseModel):
+    """An event as publishers send it over HTTP: every field but ``payload`` is required."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic: Topic
+    event_id: EventId
+    timestamp: Timestamp
+    source: Source
+    payload: Payload = Field(default_factory=dict)
+
+    @property
+    def msg_id(self) -> str:
+        return msg_id(self.topic, self.event_id)
+
+
+class StreamEvent(BaseModel):
+    """A JSON object read from the stream, where a raw NATS publisher may leave out what the message
+    itself tells: the topic (subject), the id (``Nats-Msg-Id``), the time (stream time) and the source."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic: Topic | None = None
+    event_id: EventId | None = None
+    timestamp: Timestamp | None = None
+    source: Source | None = None
+    payload: Payload = Field(default_factory=dict)
+
+
+def msg_id(topic: str, event_id: str) -> str:
+    return f"{topic}:{event_id}"
+
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+EVENT_LIST_ADAPTER: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
+
+
+class FieldError(BaseModel):
+    """One reason an input was rejected, and where: ``index`` in the batch (None for a single object)
+    and the dotted ``field`` path (None when the whole value is wrong)."""
+
+    index: int | None
+    field: str | None
+    message: str
+
+
+_MESSAGES = {
+    "extra_forbidden": "unknown field",
+    "missing": "field required",
+}
+
+
+def field_errors(error: ValidationError, *, batch: bool) -> list[FieldError]:
+    """Turns pydantic's errors into (index, field, message) triples a publisher can act on."""
+    out: list[FieldError] = []
+    for item in error.errors(include_url=False, include_input=False):
+        loc = list(item["loc"])
+        index: int | None = None
+        if batch and loc and isinstance(loc[0], int):
+            index = int(loc.pop(0))
+        field = ".".join(str(part) for part in loc) or None
+        message = _MESSAGES.get(item["type"], item["msg"])
+        out.append(FieldError(index=index, field=field, message=message))
+    return out

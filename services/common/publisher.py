@@ -1,0 +1,134 @@
+"""Publishing into JetStream with acknowledgements, pipelined, and the window-duplicate receipts.
+
+``js.publish`` waits one round trip per message (about 7,000 msg/s here). This publisher writes a
+whole batch as core publishes, each with its own reply subject, and one subscription collects the
+PubAcks: one round trip per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from services.common.jetstream import MSG_ID_HEADER, RECEIPT_SUBJECT
+
+STORED = 0
+DUPLICATE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    subject: str
+    data: bytes
+    msg_id: str
+
+
+@dataclass(slots=True)
+class _Pending:
+    results: list[int | str | None]
+    waiting: int
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Per message: STORED, DUPLICATE, or the error JetStream gave, or None when no ack came in time."""
+
+    results: list[int | str | None]
+
+    @property
+    def complete(self) -> bool:
+        return all(r in (STORED, DUPLICATE) for r in self.results)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(1 for r in self.results if r == DUPLICATE)
+
+    def first_error(self) -> str | None:
+        for r in self.results:
+            if isinstance(r, str):
+                return r
+        return None
+
+
+class AckedPublisher:
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._inbox = nc.new_inbox()
+        self._batch_ids = itertools.count()
+        self._pending: dict[int, _Pending] = {}
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox + ".>", cb=self._on_ack, pending_bytes_limit=0)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def publish(self, messages: Sequence[Outgoing], timeout: float) -> BatchResult:
+        """Publishes every message and waits, at most ``timeout`` seconds, for every PubAck."""
+        batch_id = next(self._batch_ids)
+        pending = _Pending(results=[None] * len(messages), waiting=len(messages))
+        self._pending[batch_id] = pending
+        prefix = f"{self._inbox}.{batch_id}."
+        publish = self._nc.publish
+        try:
+            for i, m in enumerate(messages):
+                await publish(m.subject, m.data, reply=prefix + str(i), headers={MSG_ID_HEADER: m.msg_id})
+            if pending.waiting:
+                await asyncio.wait_for(pending.done.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            del self._pending[batch_id]
+        return BatchResult(pending.results)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        _, batch, index = msg.subject.rsplit(".", 2)
+        pending = self._pending.get(int(batch))
+        if pending is None:
+            return  # the batch already gave up waiting
+        i = int(index)
+        if pending.results[i] is not None:
+            return
+        pending.results[i] = _read_ack(msg)
+        pending.waiting -= 1
+        if pending.waiting == 0:
+            pending.done.set()
+
+
+def _read_ack(msg: Msg) -> int | str:
+    if msg.headers and msg.headers.get("Status"):
+        # A status reply such as 503 means no stream listens on the subject.
+        return f"status {msg.headers['Status']} {msg.headers.get('Description', '')}".strip()
+    try:
+        ack = orjson.loads(msg.data)
+    except orjson.JSONDecodeError:
+        return "unreadable PubAck"
+    if "error" in ack:
+        err = ack["error"]
+        return f"{err.get('code')} {err.get('description', '')}".strip()
+    return DUPLICATE if ack.get("duplicate") else STORED
+
+
+def receipt_message(duplicates_by_topic: Counter[str]) -> Outgoing:
+    """One receipt per batch: the sink adds its counts to the window-duplicate counters in the same
+    transaction as the events, so the count is durable and survives restarts. Its own unique id makes
+    a resent receipt a duplicate that JetStream drops, and the sink counts each stream message once."""
+    body = orjson.dumps({"window_duplicates": dict(duplicates_by_topic)})
+    return Outgoing(RECEIPT_SUBJECT, body, "receipt:" + uuid.uuid4().hex)
+
+
+def duplicates_by_topic(topics: Sequence[str], result: BatchResult) -> Counter[str]:
+    return Counter(t for t, r in zip(topics, result.results, strict=True) if r == DUPLICATE)

@@ -1,0 +1,74 @@
+"""Typed settings shared by every service; each field is a ``--flag`` and a ``LOGMESH_*`` variable.
+
+Precedence: command-line flag, then environment variable, then the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LOGMESH_"
+
+
+class CommonSettings(BaseSettings):
+    """The stream's shape (whichever service starts first creates or updates the stream with it) and
+    how to log."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    stream: str = Field("LOGS", description="JetStream stream name")
+    duplicate_window: float = Field(
+        120.0, gt=0, description="seconds during which JetStream drops a repeated Nats-Msg-Id"
+    )
+    max_age: float = Field(7 * 86400.0, gt=0, description="seconds a message is kept in the stream")
+    stream_max_bytes: int = Field(-1, description="stream size limit in bytes; -1 for none")
+    replicas: int = Field(1, ge=1, le=5, description="stream replicas (clustered NATS only)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_format: Literal["text", "json"] = Field("text", description="log line format")
+
+
+class ServiceSettings(CommonSettings):
+    """What every service needs: where NATS is, and the common settings."""
+
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
+
+
+class HttpSettings(ServiceSettings):
+    host: str = Field("127.0.0.1", description="HTTP listen address")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP listen port (0 picks a free one)")
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, settings_cls: type[BaseSettings]) -> None:
+    """Adds one flag per settings field. Defaults are left to the settings object so that an unset
+    flag falls back to the environment variable."""
+    group = parser.add_argument_group(f"{settings_cls.__name__} (each flag is also an environment variable)")
+    for name, info in settings_cls.model_fields.items():
+        env = ENV_PREFIX + name.upper()
+        help_text = f"{info.description or name} [env {env}; default {info.default!r}]"
+        if info.annotation is bool:
+            group.add_argument(
+                flag_name(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            group.add_argument(flag_name(name), dest=name, default=argparse.SUPPRESS, help=help_text)
+
+
+def settings_from_args(settings_cls: type[SettingsT], args: argparse.Namespace, **overrides: Any) -> SettingsT:
+    given = {k: v for k, v in vars(args).items() if k in settings_cls.model_fields}
+    given.update(overrides)
+    return settings_cls(**given)

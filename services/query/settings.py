@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from services.common.settings import HttpSettings
+
+
+class QuerySettings(HttpSettings):
+    consumer: str = Field("sink", description="the sink's durable consumer, for lag figures")
+    query_timeout: float = Field(5.0, gt=0, description="seconds to wait for the sink to answer a query")

@@ -1,0 +1,227 @@
+"""Turns stream messages into rows to store, dead letters, or window-duplicate receipts.
+
+Rules for messages that did not come through ingest (any NATS client, e.g. ``nats pub``):
+- the topic is the subject less ``logs.``; a JSON body whose ``topic`` disagrees is invalid;
+- a body starting with ``{`` is a JSON event; a missing ``event_id`` comes from ``Nats-Msg-Id`` (less a
+  leading ``<topic>:``), a missing timestamp from the stream time, a missing source from the
+  ``Logmesh-Source`` header or ``nats``;
+- any other UTF-8 body is a plain log line stored as ``{"message": <text>}``, its id the
+  ``Nats-Msg-Id`` or, without one, derived from the stream sequence;
+- anything else (not UTF-8, empty, bad JSON, bad fields) is dead-lettered with the reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+from nats.aio.msg import Msg
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
+from pydantic_core import PydanticCustomError
+
+from services.common.jetstream import LOG_SUBJECT_PREFIX, MSG_ID_HEADER, RECEIPT_SUBJECT, SOURCE_HEADER
+from services.common.model import SOURCE_MAX, StreamEvent, Topic, check_event_id, check_topic, field_errors
+from services.sink.seqranges import SeqRanges
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What the ack subject of a JetStream message says about it."""
+
+    stream_seq: int
+    delivered: int
+    stream_time_ns: int
+
+    @classmethod
+    def from_reply(cls, reply: str) -> Delivery:
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>, or, from servers that
+        # add a domain and account hash, $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>...
+        tokens = reply.split(".")
+        base = 4 if len(tokens) == 9 else 6
+        return cls(int(tokens[base + 1]), int(tokens[base]), int(tokens[base + 3]))
+
+
+@dataclass(slots=True)
+class Row:
+    topic: str
+    event_id: str
+    timestamp: datetime
+    source: str
+    payload: str
+    seq: int
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    seq: int
+    subject: str
+    reason: str
+    headers: dict[str, str] | None
+    body: bytes
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    rows: list[Row] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    window_duplicates: Counter[str] = field(default_factory=Counter)
+    # Sequences first seen now: they go into the committed set with this batch.
+    new_seqs: list[int] = field(default_factory=list)
+    # Messages whose sequence was already committed (redeliveries): acked, not counted.
+    redelivered: int = 0
+
+    @property
+    def received(self) -> int:
+        """Log messages processed for the first time (receipts are bookkeeping, not log messages)."""
+        return len(self.rows) + len(self.dead_letters)
+
+
+class Receipt(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    window_duplicates: dict[Topic, PositiveInt]
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decode_message(
+    subject: str, headers: dict[str, str] | None, body: bytes, delivery: Delivery, stream_epoch: int
+) -> Row:
+    """Decodes one log message; raises ``Rejected`` with the reason when it cannot be stored."""
+    if not subject.startswith(LOG_SUBJECT_PREFIX):
+        raise Rejected(f"subject {subject!r} is not under {LOG_SUBJECT_PREFIX}")
+    topic = subject[len(LOG_SUBJECT_PREFIX) :]
+    try:
+        check_topic(topic)
+    except PydanticCustomError as exc:
+        raise Rejected(f"subject topic {topic!r}: {exc.message()}") from None
+    header_id = headers.get(MSG_ID_HEADER) if headers else None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejected(f"body is not UTF-8 (byte {exc.start})") from None
+    stripped = text.strip()
+    if not stripped:
+        raise Rejected("body is empty")
+    if stripped[0] == "{":
+        return _json_event(topic, header_id, headers, body, delivery)
+    event_id = _id_from_header(topic, header_id) if header_id else f"nats-{stream_epoch}-{delivery.stream_seq}"
+    return Row(
+        topic=topic,
+        event_id=event_id,
+        timestamp=_stream_time(delivery),
+        source=_source(headers),
+        payload=orjson.dumps({"message": text}).decode(),
+        seq=delivery.stream_seq,
+    )
+
+
+def _json_event(
+    topic: str, header_id: str | None, headers: dict[str, str] | None, body: bytes, delivery: Delivery
+) -> Row:
+    try:
+        event = StreamEvent.model_validate_json(body)
+    except ValidationError as exc:
+        raise Rejected(_describe(exc)) from None
+    if event.topic is not None and event.topic != topic:
+        raise Rejected(f"topic {event.topic!r} in the body disagrees with the subject's topic {topic!r}")
+    if event.event_id is not None:
+        event_id = event.event_id
+        if header_id is not None and header_id not in (event_id, f"{topic}:{event_id}"):
+            raise Rejected(
+                f"{MSG_ID_HEADER} {header_id!r} disagrees with event_id {event_id!r} (expected {topic}:{event_id})"
+            )
+    elif header_id is not None:
+        event_id = _id_from_header(topic, header_id)
+    else:
+        raise Rejected(f"event_id: missing, and no {MSG_ID_HEADER} header to take it from")
+    return Row(
+        topic=topic,
+        event_id=event_id,
+        timestamp=event.timestamp or _stream_time(delivery),
+        source=event.source or _source(headers),
+        payload=orjson.dumps(event.payload).decode(),
+        seq=delivery.stream_seq,
+    )
+
+
+def _describe(exc: ValidationError) -> str:
+    errors = field_errors(exc, batch=False)
+    if errors and errors[0].field is None and exc.errors()[0]["type"] == "json_invalid":
+        return f"body starts with '{{' but is not valid JSON: {errors[0].message}"
+    return "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors)
+
+
+def _id_from_header(topic: str, header_id: str) -> str:
+    prefix = topic + ":"
+    event_id = header_id[len(prefix) :] if header_id.startswith(prefix) else header_id
+    try:
+        return check_event_id(event_id)
+    except PydanticCustomError as exc:
+        raise Rejected(f"{MSG_ID_HEADER} {header_id!r}: {exc.message()}") from None
+
+
+def _source(headers: dict[str, str] | None) -> str:
+    source = headers.get(SOURCE_HEADER) if headers else None
+    if source is None:
+        return "nats"
+    if not 1 <= len(source) <= SOURCE_MAX:
+        raise Rejected(f"{SOURCE_HEADER} header must be 1-{SOURCE_MAX} characters")
+    return source
+
+
+def _stream_time(delivery: Delivery) -> datetime:
+    seconds, ns = divmod(delivery.stream_time_ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=ns // 1000)
+
+
+def decode_receipt(body: bytes) -> Counter[str]:
+    try:
+        return Counter(Receipt.model_validate_json(body).window_duplicates)
+    except ValidationError as exc:
+        raise Rejected("receipt: " + _describe(exc)) from None
+
+
+def decode_batch(msgs: Sequence[Msg], committed: SeqRanges, stream_epoch: int) -> DecodedBatch:
+    """Sorts a batch into rows, dead letters and receipts, skipping messages already committed."""
+    batch = DecodedBatch()
+    seen: set[int] = set()
+    for msg in msgs:
+        delivery = Delivery.from_reply(msg.reply)
+        seq = delivery.stream_seq
+        if seq in committed or seq in seen:
+            batch.redelivered += 1
+            continue
+        seen.add(seq)
+        batch.new_seqs.append(seq)
+        try:
+            if msg.subject == RECEIPT_SUBJECT:
+                batch.window_duplicates.update(decode_receipt(msg.data))
+            else:
+                batch.rows.append(decode_message(msg.subject, msg.headers, msg.data, delivery, stream_epoch))
+        except Rejected as exc:
+            batch.dead_letters.append(DeadLetter(seq, msg.subject, exc.reason, msg.headers, msg.data))
+        except Exception as exc:
+            # A message must never stop the stream: whatever it is, it is kept as a dead letter.
+            reason = f"could not be decoded: {type(exc).__name__}: {exc}"
+            batch.dead_letters.append(DeadLetter(seq, msg.subject, reason, msg.headers, msg.data))
+    return batch
+
+
+def dead_letter_batch(msgs: Sequence[Msg], committed: SeqRanges, reason: str) -> DecodedBatch:
+    """A batch that stores the given messages as dead letters, for messages the store refused."""
+    batch = DecodedBatch()
+    for msg in msgs:
+        seq = Delivery.from_reply(msg.reply).stream_seq
+        if seq in committed or seq in batch.new_seqs:
+            batch.redelivered += 1
+            continue
+        batch.new_seqs.append(seq)
+        batch.dead_letters.append(DeadLetter(seq, msg.subject, reason, msg.headers, msg.data))
+    return batch

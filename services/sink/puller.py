@@ -1,0 +1,137 @@
+"""Reads a durable pull consumer with pull requests answered into one callback subscription.
+
+nats-py's ``fetch()`` awaits every message through ``next_msg`` and tops out near 27,000 msg/s here;
+a subscription callback that only appends to a buffer reaches several times that. One pull request is
+outstanding at a time; the next is sent as soon as the buffer has room, so messages keep arriving
+while the previous batch commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+ACK = b"+ACK"
+IN_PROGRESS = b"+WPI"
+
+
+class Puller:
+    def __init__(
+        self,
+        nc: Client,
+        stream: str,
+        consumer: str,
+        *,
+        batch: int,
+        max_buffered: int,
+        expires: float = 2.0,
+        max_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
+        self._nc = nc
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._batch = batch
+        self._max_buffered = max(max_buffered, batch)
+        self._expires = expires
+        self._max_bytes = max_bytes
+        self._buffer: deque[Msg] = deque()
+        self._arrived = asyncio.Event()
+        self._inbox = nc.new_inbox()
+        self._requests = 0
+        self._open_reply: str | None = None
+        self._open_remaining = 0
+        self._open_deadline = 0.0
+        self._sub: Subscription | None = None
+        self._pulling = False
+        self._request_ended = asyncio.Event()
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox + ".*", cb=self._on_message, pending_bytes_limit=0)
+        self._pulling = True
+        await self._request()
+
+    async def _request(self) -> None:
+        """Sends a pull request unless one is still open or the buffer is full."""
+        if not self._pulling or not self._nc.is_connected:
+            return
+        if self._open_reply is not None and time.monotonic() < self._open_deadline:
+            return
+        if len(self._buffer) + self._batch > self._max_buffered:
+            return
+        self._requests += 1
+        self._request_ended.clear()
+        self._open_reply = f"{self._inbox}.{self._requests}"
+        self._open_remaining = self._batch
+        # Past expiry the server has ended the request; if its end was lost (reconnect), send another.
+        self._open_deadline = time.monotonic() + self._expires + 1.0
+        request = {"batch": self._batch, "expires": int(self._expires * 1e9), "max_bytes": self._max_bytes}
+        await self._nc.publish(self._next_subject, orjson.dumps(request), reply=self._open_reply)
+
+    async def _on_message(self, msg: Msg) -> None:
+        if not msg.reply:
+            # A status from the server (408 expired, 409 limits, 404 nothing, 100 heartbeat): a
+            # stream message always carries its $JS.ACK reply subject, even if a publisher gave it a
+            # header called Status.
+            if msg.subject == self._open_reply and msg.headers and msg.headers.get("Status") != "100":
+                await self._end_request()
+            return
+        self._buffer.append(msg)
+        self._arrived.set()
+        if msg.subject == self._open_reply:
+            self._open_remaining -= 1
+            if self._open_remaining <= 0:
+                await self._end_request()
+
+    async def _end_request(self) -> None:
+        self._open_reply = None
+        self._request_ended.set()
+        await self._request()
+
+    async def take(self, limit: int, wait: float) -> list[Msg]:
+        """Up to ``limit`` buffered messages in delivery order; waits at most ``wait`` seconds for one."""
+        if not self._buffer:
+            self._arrived.clear()
+            await self._request()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), wait)
+            except TimeoutError:
+                return []
+        n = min(limit, len(self._buffer))
+        msgs = [self._buffer.popleft() for _ in range(n)]
+        await self._request()
+        return msgs
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    async def stop(self, grace: float) -> None:
+        """Stops pulling; waits up to ``grace`` seconds for the open request to end so that what it
+        still delivers is buffered (and processed by the caller) rather than left to redelivery."""
+        self._pulling = False
+        if self._open_reply is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._request_ended.wait(), grace)
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def ack(self, msgs: list[Msg]) -> None:
+        publish = self._nc.publish
+        for m in msgs:
+            await publish(m.reply, ACK)
+
+    async def in_progress(self, msgs: list[Msg]) -> None:
+        """Resets ``ack_wait`` for messages still being worked on, so JetStream does not redeliver them."""
+        publish = self._nc.publish
+        for m in msgs:
+            await publish(m.reply, IN_PROGRESS)
+
+    async def terminate(self, msg: Msg, reason: str) -> None:
+        await self._nc.publish(msg.reply, b"+TERM " + reason[:200].encode())

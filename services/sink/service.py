@@ -1,0 +1,177 @@
+"""The sink: pull a batch, decode it, commit it in one DuckDB transaction, then ack it.
+
+Ack policy: ``+ACK`` after the commit; ``+TERM`` for dead letters once they are committed; ``+WPI``
+while a batch waits for a broken store, so JetStream does not redeliver what is still held here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from importlib.metadata import version
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from services.common.failpoints import Failpoints
+from services.common.jetstream import connect, ensure_consumer, wait_for_stream
+from services.sink.decode import DecodedBatch, Delivery, dead_letter_batch, decode_batch
+from services.sink.endpoints import DeadLettersQuery, EventQuery, EventsQuery, start_query_service
+from services.sink.puller import Puller
+from services.sink.settings import SinkSettings
+from services.sink.writer import Writer
+
+log = logging.getLogger("logmesh.sink")
+
+
+class Sink:
+    def __init__(self, settings: SinkSettings) -> None:
+        self.settings = settings
+        self.writer = Writer(settings)
+        self.failpoints = Failpoints(settings.failpoints)
+        self.started = time.time()
+        self.ready = False
+        self.last_error: str | None = None
+        self.last_commit_at: float | None = None
+        self.batches = 0
+        self._stream_epoch = 0
+        self._puller: Puller | None = None
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        s = self.settings
+        await self.writer.open()
+        nc: Client | None = None
+        service = None
+        try:
+            nc = await connect(s.nats_url, "logmesh-sink", stopping=stopping)
+            js = nc.jetstream()
+            info = await wait_for_stream(js, s)
+            assert info.created is not None
+            await self.writer.use_stream(info.created.isoformat())
+            self._stream_epoch = int(info.created.timestamp())
+            await ensure_consumer(js, s.stream, s.consumer, ack_wait=s.ack_wait, max_ack_pending=s.max_ack_pending)
+            service, _ = await start_query_service(nc, self, version("logmesh"))
+            self._puller = puller = Puller(nc, s.stream, s.consumer, batch=s.batch_size, max_buffered=2 * s.batch_size)
+            await puller.start()
+            self.ready = True
+            log.info("sink ready: stream %s, consumer %s, store %s", s.stream, s.consumer, s.db_path)
+            while not stopping.is_set():
+                msgs = await puller.take(s.batch_size, wait=0.5)
+                if msgs:
+                    await self._process(msgs, stopping)
+            # Graceful stop: let the open pull request end, then commit and ack what it delivered.
+            await puller.stop(grace=3.0)
+            while msgs := await puller.take(s.batch_size, wait=0):
+                await self._process(msgs, stopping)
+        finally:
+            self.ready = False
+            if service is not None:
+                await service.stop()
+            if nc is not None and not nc.is_closed:
+                await nc.drain()
+            await self.writer.close()
+            log.info("sink stopped")
+
+    async def _process(self, msgs: list[Msg], stopping: asyncio.Event) -> None:
+        batch = decode_batch(msgs, self.writer.committed, self._stream_epoch)
+        if await self._commit(msgs, batch, stopping):
+            self.failpoints.hit("sink.after_commit")
+            await self._settle(msgs, batch)
+
+    async def _commit(self, msgs: list[Msg], batch: DecodedBatch, stopping: asyncio.Event) -> bool:
+        """Commits, or keeps retrying while the store is broken. False only when stopping first."""
+        delay = 0.25
+        while True:
+            started = time.perf_counter()
+            try:
+                result = await self.writer.commit(batch)
+            except Exception as exc:
+                self.ready = False
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("commit of %d messages failed: %s", len(msgs), self.last_error)
+            else:
+                self.ready, self.last_error = True, None
+                self.last_commit_at = time.time()
+                self.batches += 1
+                log.debug(
+                    "committed %d messages: %d new events, %d redelivered, %d dead letters in %.1f ms%s",
+                    len(msgs),
+                    result.inserted,
+                    batch.redelivered,
+                    len(batch.dead_letters),
+                    (time.perf_counter() - started) * 1000,
+                    " (conflict fallback)" if result.conflict_fallback else "",
+                )
+                return True
+            if await self._store_takes_writes():
+                # The store works but refuses this batch: find the message it refuses.
+                return await self._isolate(msgs, stopping)
+            if stopping.is_set():
+                return False
+            assert self._puller is not None
+            await self._puller.in_progress(msgs)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _store_takes_writes(self) -> bool:
+        try:
+            await self.writer.reopen()
+        except Exception as exc:
+            log.error("store cannot be opened: %s", exc)
+            return False
+        return await self.writer.probe()
+
+    async def _isolate(self, msgs: list[Msg], stopping: asyncio.Event) -> bool:
+        if len(msgs) == 1:
+            reason = f"the store refused it: {self.last_error}"
+            batch = dead_letter_batch(msgs, self.writer.committed, reason)
+            return await self._commit(msgs, batch, stopping)
+        half = len(msgs) // 2
+        for part in (msgs[:half], msgs[half:]):
+            batch = decode_batch(part, self.writer.committed, self._stream_epoch)
+            if not await self._commit(part, batch, stopping):
+                return False
+        return True
+
+    async def _settle(self, msgs: list[Msg], batch: DecodedBatch) -> None:
+        assert self._puller is not None
+        if not batch.dead_letters:
+            await self._puller.ack(msgs)
+            return
+        reasons = {d.seq: d.reason for d in batch.dead_letters}
+        for msg in msgs:
+            reason = reasons.get(Delivery.from_reply(msg.reply).stream_seq)
+            if reason is None:
+                await self._puller.ack([msg])
+            else:
+                await self._puller.terminate(msg, reason)
+
+    # ---- queries (served over NATS by endpoints.py) ------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        counters = self.writer.counters
+        out = counters.as_json()
+        out["invariant_holds"] = counters.invariant_holds
+        out["sink"] = {
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "ready": self.ready,
+            "last_error": self.last_error,
+            "last_commit_at": self.last_commit_at,
+            "batches_committed": self.batches,
+            "buffered": self._puller.buffered if self._puller else 0,
+            "store_bytes": self.writer.store.file_size() if self.ready else None,
+        }
+        return out
+
+    def list_events(self, q: EventsQuery) -> list[dict[str, Any]]:
+        after = q.after if q.after or not q.newest_first else 2**63
+        return self.writer.store.list_events(q.topic, after, q.limit, q.newest_first)
+
+    def get_event(self, q: EventQuery) -> dict[str, Any] | None:
+        return self.writer.store.get_event(q.topic, q.event_id)
+
+    def list_dead_letters(self, q: DeadLettersQuery) -> list[dict[str, Any]]:
+        after = q.after if q.after or not q.newest_first else 2**63
+        return self.writer.store.list_dead_letters(after, q.limit, q.newest_first)

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from services.common.settings import ServiceSettings
+
+
+class SinkSettings(ServiceSettings):
+    data_dir: Path = Field(Path("data"), description="directory of the DuckDB file")
+    consumer: str = Field("sink", description="durable consumer name")
+    batch_size: int = Field(5000, ge=1, le=100_000, description="most messages committed in one transaction")
+    ack_wait: float = Field(30.0, gt=0, description="seconds JetStream waits for an ack before redelivering")
+    max_ack_pending: int = Field(50_000, ge=1, description="most unacknowledged messages the consumer hands out")
+    memory_limit: str = Field("1GB", description="DuckDB memory limit")
+    checkpoint_threshold: str = Field("1GB", description="WAL size that triggers a DuckDB checkpoint")
+    failpoints: str = Field("", description="testing aid: name=kill,... (see services/common/failpoints.py)")
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "logmesh.duckdb"

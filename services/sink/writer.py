@@ -1,0 +1,94 @@
+"""The one writer: every DuckDB write runs, in order, on one thread; reads use their own cursors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from services.sink.counters import Counters
+from services.sink.decode import DecodedBatch
+from services.sink.seqranges import SeqRanges
+from services.sink.settings import SinkSettings
+from services.sink.store import CommitResult, Store
+
+log = logging.getLogger("logmesh.sink")
+T = TypeVar("T")
+
+
+class Writer:
+    def __init__(self, settings: SinkSettings) -> None:
+        self._settings = settings
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-writer")
+        self._store: Store | None = None
+        self.counters = Counters()
+        self.committed = SeqRanges()
+        self.stream_epoch: str | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("store is not open")
+        return self._store
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+    async def open(self) -> None:
+        """Opens the database (DuckDB replays its WAL after a crash) and takes the committed state."""
+
+        def _open() -> Store:
+            s = self._settings
+            store = Store(s.db_path, memory_limit=s.memory_limit, checkpoint_threshold=s.checkpoint_threshold)
+            try:
+                state = store.load()
+            except BaseException:
+                store.close()
+                raise
+            self.counters, self.committed, self.stream_epoch = state.counters, state.committed, state.stream_epoch
+            return store
+
+        self._store = await self._run(_open)
+
+    async def reopen(self) -> None:
+        """After a failed write DuckDB may refuse every later one; a fresh connection starts from what
+        is on disk."""
+        await self.close_store()
+        await self.open()
+
+    async def use_stream(self, epoch: str) -> None:
+        if epoch != self.stream_epoch:
+            if self.stream_epoch is not None:
+                log.warning("stream was recreated (%s -> %s): sequence numbers start again", self.stream_epoch, epoch)
+            await self._run(lambda: self.store.set_stream_epoch(epoch))
+            self.committed = SeqRanges()
+            self.stream_epoch = epoch
+
+    async def commit(self, batch: DecodedBatch) -> CommitResult:
+        counters, committed = self.counters, self.committed
+        result = await self._run(lambda: self.store.commit(batch, counters, committed))
+        self.counters, self.committed = result.counters, result.committed
+        return result
+
+    async def probe(self) -> bool:
+        """True when the store takes a write: tells a bad batch from a broken disk."""
+        try:
+            await self._run(lambda: self.store.probe())
+            return True
+        except Exception as exc:
+            log.debug("store probe failed: %s", exc)
+            return False
+
+    async def close_store(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            try:
+                await self._run(store.close)
+            except Exception as exc:
+                log.warning("closing the store failed: %s", exc)
+
+    async def close(self) -> None:
+        await self.close_store()
+        self._thread.shutdown(wait=True)

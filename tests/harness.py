@@ -1,0 +1,224 @@
+"""Real processes for the tests: nats-server from the wheel, logmesh services, on free ports in temp
+dirs. Every process a test starts, it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import nats
+import orjson
+
+from services.common.processes import free_port, nats_server_binary
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    """Polls ``condition`` until it returns something truthy; fails the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = condition()
+        except (httpx.HTTPError, OSError, KeyError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            return s.recv(5) == b"INFO "
+    except OSError:
+        return False
+
+
+class NatsServer:
+    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+        self.store_dir = store_dir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [nats_server_binary(), "-js", "-sd", str(self.store_dir), "-a", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: _answers(self.port), 15, "nats-server to accept connections")
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Service:
+    """One ``logmesh <command>`` process."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str] | None = None, log_path: Path | None = None) -> None:
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Service:
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *self.args], env=self.env, stdout=out, stderr=out
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait: the graceful path. Returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+
+class Up:
+    """``logmesh up`` as a separate process: embedded NATS, sink child, ingest + query on one port."""
+
+    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.http_port = free_port()
+        self.nats_port = free_port()
+        args = ["up", "--data-dir", str(data_dir), "--http-port", str(self.http_port)]
+        args += ["--nats-port", str(self.nats_port)]
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.service = Service(args, env, log_path=data_dir / "up.log")
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    def start(self) -> Up:
+        self.service.start()
+        wait_for(self._ready, 30, "logmesh up to be ready")
+        return self
+
+    def _ready(self) -> bool:
+        if not self.service.alive():
+            raise AssertionError(f"logmesh up exited:\n{self.service.log()[-3000:]}")
+        return self.http.get("/readyz").status_code == 200
+
+    def stop(self) -> int:
+        code = self.service.stop()
+        return code
+
+    def close(self) -> None:
+        self.http.close()
+        if self.service.alive():
+            self.service.stop()
+
+    # ---- helpers used by many tests ----------------------------------------------------------
+
+    def publish(self, events: Any) -> httpx.Response:
+        return self.http.post("/publish", content=orjson.dumps(events), headers={"content-type": "application/json"})
+
+    def stats(self) -> dict[str, Any]:
+        resp = self.http.get("/stats")
+        resp.raise_for_status()
+        result: dict[str, Any] = resp.json()
+        return result
+
+    def settled_stats(self, arrived: int | None = None, timeout: float = 30) -> dict[str, Any]:
+        """Stats once the sink has committed and acked everything in the stream."""
+
+        def settled() -> dict[str, Any] | None:
+            s = self.stats()
+            consumer = s.get("consumer") or {}
+            done = consumer.get("pending") == 0 and consumer.get("ack_pending") == 0
+            if done and (arrived is None or s["arrived"] == arrived):
+                return s
+            return None
+
+        return wait_for(settled, timeout, f"the sink to settle (arrived={arrived})")
+
+
+def event(topic: str = "orders", event_id: str = "e1", **extra: Any) -> dict[str, Any]:
+    body = {
+        "topic": topic,
+        "event_id": event_id,
+        "timestamp": "2026-11-22T10:00:00Z",
+        "source": "tests",
+        "payload": {"n": 1},
+    }
+    body.update(extra)
+    return body
+
+
+def nats_publish(url: str, messages: list[tuple[str, bytes, dict[str, str] | None]]) -> None:
+    """Core publishes with no reply subject, as ``nats pub`` sends them."""
+
+    async def go() -> None:
+        nc = await nats.connect(url)
+        for subject, data, headers in messages:
+            await nc.publish(subject, data, headers=headers)
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def jetstream_info(url: str, stream: str = "LOGS", consumer: str = "sink") -> tuple[Any, Any]:
+    async def go() -> tuple[Any, Any]:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            return await js.stream_info(stream), await js.consumer_info(stream, consumer)
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
