@@ -18,7 +18,9 @@ import httpx
 import nats
 import orjson
 
+from services.common.jetstream import ensure_stream
 from services.common.processes import free_port, nats_server_binary
+from services.common.settings import ServiceSettings
 
 T = TypeVar("T")
 
@@ -30,7 +32,7 @@ def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "con
     while time.monotonic() < deadline:
         try:
             last = condition()
-        except (httpx.HTTPError, OSError, KeyError) as exc:
+        except (httpx.HTTPError, OSError, KeyError, nats.errors.Error) as exc:
             last = exc
         else:
             if last:
@@ -222,3 +224,33 @@ def jetstream_info(url: str, stream: str = "LOGS", consumer: str = "sink") -> tu
             await nc.close()
 
     return asyncio.run(go())
+
+
+def sink_request(url: str, endpoint: str, query: dict[str, Any] | None = None) -> Any:
+    """Asks the sink directly over NATS, as the query service does."""
+
+    async def go() -> Any:
+        nc = await nats.connect(url)
+        try:
+            reply = await nc.request(f"logmesh.query.{endpoint}", orjson.dumps(query or {}), timeout=5)
+            return orjson.loads(reply.data)
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def jetstream_publish(url: str, events: list[dict[str, Any]]) -> None:
+    """Acked JetStream publishes, one per event, with the logmesh message id."""
+
+    async def go() -> None:
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        await ensure_stream(js, ServiceSettings())  # as any logmesh service would on start
+        for e in events:
+            await js.publish(
+                f"logs.{e['topic']}", orjson.dumps(e), headers={"Nats-Msg-Id": f"{e['topic']}:{e['event_id']}"}
+            )
+        await nc.close()
+
+    asyncio.run(go())

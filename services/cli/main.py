@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.cli import commands, services
+from services.cli import bench, commands, services
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.register(sub)
     services.register(sub)
+    bench.register(sub)
     return parser
 
 

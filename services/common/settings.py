@@ -53,8 +53,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, settings_cls: type[B
     """Adds one flag per settings field. Defaults are left to the settings object so that an unset
     flag falls back to the environment variable."""
     group = parser.add_argument_group(f"{settings_cls.__name__} (each flag is also an environment variable)")
+    prefix = settings_cls.model_config.get("env_prefix", ENV_PREFIX)
     for name, info in settings_cls.model_fields.items():
-        env = ENV_PREFIX + name.upper()
+        env = prefix + name.upper()
         help_text = f"{info.description or name} [env {env}; default {info.default!r}]"
         if info.annotation is bool:
             group.add_argument(

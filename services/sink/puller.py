@@ -50,6 +50,7 @@ class Puller:
         self._sub: Subscription | None = None
         self._pulling = False
         self._request_ended = asyncio.Event()
+        self._received = 0
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._inbox + ".*", cb=self._on_message, pending_bytes_limit=0)
@@ -82,6 +83,7 @@ class Puller:
                 await self._end_request()
             return
         self._buffer.append(msg)
+        self._received += 1
         self._arrived.set()
         if msg.subject == self._open_reply:
             self._open_remaining -= 1
@@ -102,22 +104,33 @@ class Puller:
                 await asyncio.wait_for(self._arrived.wait(), wait)
             except TimeoutError:
                 return []
+            if not self._buffer:
+                return []
         n = min(limit, len(self._buffer))
         msgs = [self._buffer.popleft() for _ in range(n)]
         await self._request()
         return msgs
 
+    def wake(self) -> None:
+        """Ends a ``take`` that is waiting, e.g. because the service is stopping."""
+        self._arrived.set()
+
     @property
     def buffered(self) -> int:
         return len(self._buffer)
 
-    async def stop(self, grace: float) -> None:
-        """Stops pulling; waits up to ``grace`` seconds for the open request to end so that what it
-        still delivers is buffered (and processed by the caller) rather than left to redelivery."""
+    async def stop(self, grace: float, quiet: float = 0.1) -> None:
+        """Stops pulling. What the open request still delivers is buffered (and processed by the
+        caller) rather than left to redelivery: wait until it ends, or until nothing has arrived for
+        ``quiet`` seconds (an idle request would otherwise run to its expiry), at most ``grace``."""
         self._pulling = False
-        if self._open_reply is not None:
+        deadline = time.monotonic() + grace
+        while self._open_reply is not None and time.monotonic() < deadline:
+            before = self._received
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._request_ended.wait(), grace)
+                await asyncio.wait_for(self._request_ended.wait(), quiet)
+            if self._received == before:
+                break
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None

@@ -26,6 +26,11 @@ from services.sink.writer import Writer
 log = logging.getLogger("logmesh.sink")
 
 
+async def _wake_on(stopping: asyncio.Event, puller: Puller) -> None:
+    await stopping.wait()
+    puller.wake()
+
+
 class Sink:
     def __init__(self, settings: SinkSettings) -> None:
         self.settings = settings
@@ -44,6 +49,7 @@ class Sink:
         await self.writer.open()
         nc: Client | None = None
         service = None
+        waker: asyncio.Task[None] | None = None
         try:
             nc = await connect(s.nats_url, "logmesh-sink", stopping=stopping)
             js = nc.jetstream()
@@ -55,6 +61,7 @@ class Sink:
             service, _ = await start_query_service(nc, self, version("logmesh"))
             self._puller = puller = Puller(nc, s.stream, s.consumer, batch=s.batch_size, max_buffered=2 * s.batch_size)
             await puller.start()
+            waker = asyncio.create_task(_wake_on(stopping, puller))
             self.ready = True
             log.info("sink ready: stream %s, consumer %s, store %s", s.stream, s.consumer, s.db_path)
             while not stopping.is_set():
@@ -67,6 +74,8 @@ class Sink:
                 await self._process(msgs, stopping)
         finally:
             self.ready = False
+            if waker is not None:
+                waker.cancel()
             if service is not None:
                 await service.stop()
             if nc is not None and not nc.is_closed:

@@ -196,6 +196,9 @@ class Store:
             # After an error DuckDB's COMMIT would silently roll back; make the failure explicit.
             _rollback(con)
             raise
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                con.unregister("incoming")
         self._next_id += len(rows)
         self._next_dead_id += len(batch.dead_letters)
         return sum(inserted.values()), updated
@@ -217,17 +220,15 @@ class Store:
             }
         )
         con = self._db
+        # Unregistered by _write once the transaction is over: inside an aborted one it would fail too.
         con.register("incoming", incoming)
-        try:
-            if fallback:
-                stored = con.execute(
-                    f"INSERT INTO events SELECT {EVENT_COLUMNS} FROM incoming ON CONFLICT DO NOTHING RETURNING topic"
-                ).fetchall()
-                return Counter(t for (t,) in stored)
-            con.execute(f"INSERT INTO events SELECT {EVENT_COLUMNS} FROM incoming")
-            return Counter(r.topic for r in rows)
-        finally:
-            con.unregister("incoming")
+        if fallback:
+            stored = con.execute(
+                f"INSERT INTO events SELECT {EVENT_COLUMNS} FROM incoming ON CONFLICT DO NOTHING RETURNING topic"
+            ).fetchall()
+            return Counter(t for (t,) in stored)
+        con.execute(f"INSERT INTO events SELECT {EVENT_COLUMNS} FROM incoming")
+        return Counter(r.topic for r in rows)
 
     def _insert_dead_letters(self, batch: DecodedBatch, now: datetime) -> None:
         self._db.executemany(
