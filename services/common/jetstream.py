@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import nats
@@ -78,6 +79,22 @@ async def connect(url: str, name: str, *, stopping: asyncio.Event | None = None)
             raise ConnectionError(f"stopped while waiting for NATS at {url}")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
+
+
+async def close(nc: Client) -> None:
+    """Drains (pending messages are handled, publishes flushed) when connected; otherwise just closes,
+    since there is nothing to drain to while the server is away."""
+    if nc.is_closed:
+        return
+    try:
+        if nc.is_connected:
+            await nc.drain()
+            return
+    except (nats.errors.Error, TimeoutError, OSError) as exc:
+        log.warning("drain failed (%s); closing", exc or type(exc).__name__)
+    # The socket may already be gone; closing then only releases the client's tasks.
+    with contextlib.suppress(nats.errors.Error, OSError):
+        await nc.close()
 
 
 def stream_config(settings: CommonSettings) -> StreamConfig:

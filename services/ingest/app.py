@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.common.http import EXCEPTION_HANDLERS, ApiError, FastJSONResponse, health_routes
-from services.common.jetstream import connect, log_subject, wait_for_stream
+from services.common.jetstream import close, connect, log_subject, wait_for_stream
 from services.common.model import EVENT_ADAPTER
 from services.common.publisher import AckedPublisher, Outgoing, duplicates_by_topic, receipt_message
 from services.ingest.body import check_content_type, parse_events, read_body
@@ -58,8 +58,8 @@ class Ingest:
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await self._connecting
-        if self.nc is not None and not self.nc.is_closed:
-            await self.nc.drain()
+        if self.nc is not None:
+            await close(self.nc)
 
     def _ready_publisher(self) -> tuple[Client, AckedPublisher]:
         if self.nc is None or self.publisher is None or not self.nc.is_connected:

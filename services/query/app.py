@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.common.http import EXCEPTION_HANDLERS, ApiError, FastJSONResponse, health_routes
-from services.common.jetstream import QUERY_SUBJECT_PREFIX, connect
+from services.common.jetstream import QUERY_SUBJECT_PREFIX, close, connect
 from services.common.model import check_event_id, check_topic
 from services.query.settings import QuerySettings
 
@@ -56,8 +56,8 @@ class Query:
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await self._connecting
-        if self.nc is not None and not self.nc.is_closed:
-            await self.nc.drain()
+        if self.nc is not None:
+            await close(self.nc)
 
     def _client(self) -> Client:
         if self.nc is None or not self.nc.is_connected:

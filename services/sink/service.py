@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from services.common.failpoints import Failpoints
-from services.common.jetstream import connect, ensure_consumer, wait_for_stream
+from services.common.jetstream import close, connect, ensure_consumer, wait_for_stream
 from services.sink.decode import DecodedBatch, Delivery, dead_letter_batch, decode_batch
 from services.sink.endpoints import DeadLettersQuery, EventQuery, EventsQuery, start_query_service
 from services.sink.puller import Puller
@@ -78,8 +78,8 @@ class Sink:
                 waker.cancel()
             if service is not None:
                 await service.stop()
-            if nc is not None and not nc.is_closed:
-                await nc.drain()
+            if nc is not None:
+                await close(nc)
             await self.writer.close()
             log.info("sink stopped")
 
