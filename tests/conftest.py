@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import NatsServer, Up
+from tests.harness import NatsServer, Service, Up
 
 
 @pytest.fixture
@@ -33,3 +33,20 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path / "nats").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    """Starts ``logmesh <command>`` processes, logging to the test's directory, and kills whatever is
+    still running after the test, passed or failed."""
+    started: list[Service] = []
+
+    def start(args: list[str], env: dict[str, str] | None = None, name: str | None = None) -> Service:
+        log = tmp_path / f"{name or args[0]}-{len(started)}.log"
+        svc = Service(args, env, log_path=log).start()
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in started:
+        svc.kill()

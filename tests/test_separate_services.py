@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -13,20 +14,18 @@ from tests.harness import NatsServer, Service, event, wait_for
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_services_start_in_any_order_and_wait_for_nats(tmp_path: Path) -> None:
+def test_services_start_in_any_order_and_wait_for_nats(tmp_path: Path, service: Callable[..., Service]) -> None:
     nats = NatsServer(tmp_path / "nats")  # not started yet
     ingest_port, query_port = free_port(), free_port()
     url = ["--nats-url", nats.url]
     services = [
-        Service(["query", *url, "--http-port", str(query_port)], log_path=tmp_path / "query.log"),
-        Service(["sink", *url, "--data-dir", str(tmp_path / "data")], log_path=tmp_path / "sink.log"),
-        Service(["ingest", *url, "--http-port", str(ingest_port)], log_path=tmp_path / "ingest.log"),
+        service(["query", *url, "--http-port", str(query_port)]),
+        service(["sink", *url, "--data-dir", str(tmp_path / "data")]),
+        service(["ingest", *url, "--http-port", str(ingest_port)]),
     ]
     ingest = httpx.Client(base_url=f"http://127.0.0.1:{ingest_port}", timeout=10)
     query = httpx.Client(base_url=f"http://127.0.0.1:{query_port}", timeout=10)
     try:
-        for service in services:
-            service.start()
         # Up, but not ready: there is no NATS yet.
         wait_for(lambda: ingest.get("/healthz").status_code == 200, 20, "ingest to answer")
         assert ingest.get("/readyz").status_code == 503
@@ -53,7 +52,6 @@ def test_services_start_in_any_order_and_wait_for_nats(tmp_path: Path) -> None:
     finally:
         ingest.close()
         query.close()
-        for service in services:
-            if service.alive():
-                assert service.stop() == 0, service.log()
         nats.stop()
+    for svc in services:
+        assert svc.stop() == 0, svc.log()

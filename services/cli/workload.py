@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import orjson
+from nats.js.errors import NotFoundError
 from tqdm import tqdm
 
 from services.common.jetstream import connect, log_subject
@@ -129,6 +130,11 @@ async def send_nats(
     ]
     topics = [[e["topic"] for e in batch] for batch in batches]
     nc = await connect(nats_url, "logmesh-publish")
+    try:
+        await nc.jetstream().find_stream_name_by_subject(log_subject("any"))
+    except NotFoundError:
+        await nc.close()
+        raise Rejected(f"no JetStream stream at {nats_url} takes logs.>: start a logmesh service first") from None
     publisher = AckedPublisher(nc)
     await publisher.start()
     progress = _progress(sum(len(b) for b in prepared), show_progress, "publish (NATS)")

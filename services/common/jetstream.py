@@ -21,6 +21,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
+from services.common.fastnats import FastClient
 from services.common.settings import CommonSettings
 
 log = logging.getLogger("logmesh.nats")
@@ -40,13 +41,13 @@ def log_subject(topic: str) -> str:
     return LOG_SUBJECT_PREFIX + topic
 
 
-async def connect(url: str, name: str, *, stopping: asyncio.Event | None = None) -> Client:
+async def connect(url: str, name: str, *, stopping: asyncio.Event | None = None) -> FastClient:
     """Connects, retrying until the server answers, so services may start in any order. Once connected,
     the client reconnects by itself for ever."""
     delay = 0.1
     warned = False
     while True:
-        nc = Client()
+        nc = FastClient()
 
         async def on_error(exc: Exception) -> None:
             log.warning("NATS error (%s): %s", name, exc or type(exc).__name__)

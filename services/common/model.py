@@ -6,6 +6,7 @@ duplicate window is per stream, not per subject, so the id must carry the topic.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -57,7 +58,23 @@ EventId = Annotated[str, Field(strict=True), AfterValidator(check_event_id)]
 # strict: only ISO-8601 strings, not numbers that lax mode would read as Unix time.
 Timestamp = Annotated[datetime, Field(strict=True), AfterValidator(to_utc)]
 Source = Annotated[str, Field(strict=True, min_length=1, max_length=SOURCE_MAX)]
-Payload = Annotated[dict[str, Any], Field(strict=True)]
+
+
+def check_finite(value: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN or Infinity; a stored payload must stay readable by any JSON parser."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise PydanticCustomError("payload_not_finite", "payload numbers must be finite (no NaN or Infinity)")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+Payload = Annotated[dict[str, Any], Field(strict=True), AfterValidator(check_finite)]
 
 
 class Event(BaseModel):

@@ -12,12 +12,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from nats.aio.client import Client
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from services.common.fastnats import FastClient
 from services.common.http import EXCEPTION_HANDLERS, ApiError, FastJSONResponse, health_routes
 from services.common.jetstream import close, connect, log_subject, wait_for_stream
 from services.common.model import EVENT_ADAPTER
@@ -36,7 +36,7 @@ class Ingest:
 
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
-        self.nc: Client | None = None
+        self.nc: FastClient | None = None
         self.publisher: AckedPublisher | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -61,7 +61,7 @@ class Ingest:
         if self.nc is not None:
             await close(self.nc)
 
-    def _ready_publisher(self) -> tuple[Client, AckedPublisher]:
+    def _ready_publisher(self) -> tuple[FastClient, AckedPublisher]:
         if self.nc is None or self.publisher is None or not self.nc.is_connected:
             raise ApiError(503, "unavailable", "JetStream is not reachable; retry later", headers=RETRY_AFTER)
         return self.nc, self.publisher

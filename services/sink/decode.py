@@ -12,19 +12,21 @@ Rules for messages that did not come through ingest (any NATS client, e.g. ``nat
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-import orjson
-from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
 from pydantic_core import PydanticCustomError
 
 from services.common.jetstream import LOG_SUBJECT_PREFIX, MSG_ID_HEADER, RECEIPT_SUBJECT, SOURCE_HEADER
 from services.common.model import SOURCE_MAX, StreamEvent, Topic, check_event_id, check_topic, field_errors
-from services.sink.seqranges import SeqRanges
+
+# A message as it comes off the wire: subject, reply ($JS.ACK...), raw header block or None, payload.
+RawMsg = tuple[bytes, bytes, bytes | None, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +38,10 @@ class Delivery:
     stream_time_ns: int
 
     @classmethod
-    def from_reply(cls, reply: str) -> Delivery:
+    def from_reply(cls, reply: bytes) -> Delivery:
         # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>, or, from servers that
         # add a domain and account hash, $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>...
-        tokens = reply.split(".")
+        tokens = reply.split(b".")
         base = 4 if len(tokens) == 9 else 6
         return cls(int(tokens[base + 1]), int(tokens[base]), int(tokens[base + 3]))
 
@@ -64,19 +66,12 @@ class DeadLetter:
 
 
 @dataclass(slots=True)
-class DecodedBatch:
-    rows: list[Row] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    window_duplicates: Counter[str] = field(default_factory=Counter)
-    # Sequences first seen now: they go into the committed set with this batch.
-    new_seqs: list[int] = field(default_factory=list)
-    # Messages whose sequence was already committed (redeliveries): acked, not counted.
-    redelivered: int = 0
+class SlowDecoded:
+    """What the reference decoder made of the messages the fast path left to it."""
 
-    @property
-    def received(self) -> int:
-        """Log messages processed for the first time (receipts are bookkeeping, not log messages)."""
-        return len(self.rows) + len(self.dead_letters)
+    rows: list[Row] = field(default_factory=list)
+    dead_letters: dict[int, DeadLetter] = field(default_factory=dict)  # by position in the batch
+    window_duplicates: Counter[str] = field(default_factory=Counter)
 
 
 class Receipt(BaseModel):
@@ -117,7 +112,7 @@ def decode_message(
         event_id=event_id,
         timestamp=_stream_time(delivery),
         source=_source(headers),
-        payload=orjson.dumps({"message": text}).decode(),
+        payload=_json({"message": text}),
         seq=delivery.stream_seq,
     )
 
@@ -146,7 +141,7 @@ def _json_event(
         event_id=event_id,
         timestamp=event.timestamp or _stream_time(delivery),
         source=event.source or _source(headers),
-        payload=orjson.dumps(event.payload).decode(),
+        payload=_json(event.payload),
         seq=delivery.stream_seq,
     )
 
@@ -188,40 +183,52 @@ def decode_receipt(body: bytes) -> Counter[str]:
         raise Rejected("receipt: " + _describe(exc)) from None
 
 
-def decode_batch(msgs: Sequence[Msg], committed: SeqRanges, stream_epoch: int) -> DecodedBatch:
-    """Sorts a batch into rows, dead letters and receipts, skipping messages already committed."""
-    batch = DecodedBatch()
-    seen: set[int] = set()
-    for msg in msgs:
-        delivery = Delivery.from_reply(msg.reply)
-        seq = delivery.stream_seq
-        if seq in committed or seq in seen:
-            batch.redelivered += 1
-            continue
-        seen.add(seq)
-        batch.new_seqs.append(seq)
+def _json(value: Any) -> str:
+    # Any size of integer, never NaN (the model refuses those), UTF-8 as is.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def parse_headers(block: bytes | None) -> dict[str, str] | None:
+    """``NATS/1.0\r\nName: value\r\n...``, read as nats-py reads it: names and values stripped."""
+    if not block:
+        return None
+    headers: dict[str, str] = {}
+    for line in block.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            headers[name.strip().decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
+    return headers
+
+
+def decode_slow(msgs: Sequence[RawMsg], positions: Iterable[int], stream_epoch: int) -> SlowDecoded:
+    """Runs the reference decoder on the messages at ``positions`` (first deliveries only)."""
+    out = SlowDecoded()
+    for i in positions:
+        raw_subject, reply, block, body = msgs[i]
+        subject = raw_subject.decode("utf-8", "replace")
+        headers = parse_headers(block)
+        delivery = Delivery.from_reply(reply)
         try:
-            if msg.subject == RECEIPT_SUBJECT:
-                batch.window_duplicates.update(decode_receipt(msg.data))
+            if subject == RECEIPT_SUBJECT:
+                out.window_duplicates.update(decode_receipt(body))
             else:
-                batch.rows.append(decode_message(msg.subject, msg.headers, msg.data, delivery, stream_epoch))
+                out.rows.append(decode_message(subject, headers, body, delivery, stream_epoch))
         except Rejected as exc:
-            batch.dead_letters.append(DeadLetter(seq, msg.subject, exc.reason, msg.headers, msg.data))
+            out.dead_letters[i] = DeadLetter(delivery.stream_seq, subject, exc.reason, headers, body)
         except Exception as exc:
             # A message must never stop the stream: whatever it is, it is kept as a dead letter.
             reason = f"could not be decoded: {type(exc).__name__}: {exc}"
-            batch.dead_letters.append(DeadLetter(seq, msg.subject, reason, msg.headers, msg.data))
-    return batch
+            out.dead_letters[i] = DeadLetter(delivery.stream_seq, subject, reason, headers, body)
+    return out
 
 
-def dead_letter_batch(msgs: Sequence[Msg], committed: SeqRanges, reason: str) -> DecodedBatch:
-    """A batch that stores the given messages as dead letters, for messages the store refused."""
-    batch = DecodedBatch()
-    for msg in msgs:
-        seq = Delivery.from_reply(msg.reply).stream_seq
-        if seq in committed or seq in batch.new_seqs:
-            batch.redelivered += 1
-            continue
-        batch.new_seqs.append(seq)
-        batch.dead_letters.append(DeadLetter(seq, msg.subject, reason, msg.headers, msg.data))
-    return batch
+def refused(msgs: Sequence[RawMsg], positions: Iterable[int], reason: str) -> SlowDecoded:
+    """Dead letters for messages the store refused although it takes writes."""
+    out = SlowDecoded()
+    for i in positions:
+        raw_subject, reply, block, body = msgs[i]
+        seq = Delivery.from_reply(reply).stream_seq
+        out.dead_letters[i] = DeadLetter(
+            seq, raw_subject.decode("utf-8", "replace"), reason, parse_headers(block), body
+        )
+    return out

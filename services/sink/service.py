@@ -12,12 +12,10 @@ import time
 from importlib.metadata import version
 from typing import Any
 
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-
 from services.common.failpoints import Failpoints
+from services.common.fastnats import FastClient
 from services.common.jetstream import close, connect, ensure_consumer, wait_for_stream
-from services.sink.decode import DecodedBatch, Delivery, dead_letter_batch, decode_batch
+from services.sink.decode import RawMsg
 from services.sink.endpoints import DeadLettersQuery, EventQuery, EventsQuery, start_query_service
 from services.sink.puller import Puller
 from services.sink.settings import SinkSettings
@@ -41,13 +39,12 @@ class Sink:
         self.last_error: str | None = None
         self.last_commit_at: float | None = None
         self.batches = 0
-        self._stream_epoch = 0
         self._puller: Puller | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         s = self.settings
         await self.writer.open()
-        nc: Client | None = None
+        nc: FastClient | None = None
         service = None
         waker: asyncio.Task[None] | None = None
         try:
@@ -55,8 +52,7 @@ class Sink:
             js = nc.jetstream()
             info = await wait_for_stream(js, s)
             assert info.created is not None
-            await self.writer.use_stream(info.created.isoformat())
-            self._stream_epoch = int(info.created.timestamp())
+            await self.writer.use_stream(info.created)
             await ensure_consumer(js, s.stream, s.consumer, ack_wait=s.ack_wait, max_ack_pending=s.max_ack_pending)
             service, _ = await start_query_service(nc, self, version("logmesh"))
             self._puller = puller = Puller(nc, s.stream, s.consumer, batch=s.batch_size, max_buffered=2 * s.batch_size)
@@ -83,19 +79,14 @@ class Sink:
             await self.writer.close()
             log.info("sink stopped")
 
-    async def _process(self, msgs: list[Msg], stopping: asyncio.Event) -> None:
-        batch = decode_batch(msgs, self.writer.committed, self._stream_epoch)
-        if await self._commit(msgs, batch, stopping):
-            self.failpoints.hit("sink.after_commit")
-            await self._settle(msgs, batch)
-
-    async def _commit(self, msgs: list[Msg], batch: DecodedBatch, stopping: asyncio.Event) -> bool:
-        """Commits, or keeps retrying while the store is broken. False only when stopping first."""
+    async def _process(self, msgs: list[RawMsg], stopping: asyncio.Event, refuse: str | None = None) -> bool:
+        """Commits a batch, then settles it with JetStream. While the store is broken it keeps
+        retrying (and tells JetStream the batch is in progress); False only when stopping first."""
         delay = 0.25
         while True:
             started = time.perf_counter()
             try:
-                result = await self.writer.commit(batch)
+                result = await self.writer.commit(msgs, refuse)
             except Exception as exc:
                 self.ready = False
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -108,13 +99,16 @@ class Sink:
                     "committed %d messages: %d new events, %d redelivered, %d dead letters in %.1f ms%s",
                     len(msgs),
                     result.inserted,
-                    batch.redelivered,
-                    len(batch.dead_letters),
+                    result.redelivered,
+                    len(result.dead),
                     (time.perf_counter() - started) * 1000,
                     " (conflict fallback)" if result.conflict_fallback else "",
                 )
+                self.failpoints.hit("sink.after_commit")
+                assert self._puller is not None
+                await self._puller.settle(msgs, result.dead)
                 return True
-            if await self._store_takes_writes():
+            if await self._store_takes_writes() and refuse is None:
                 # The store works but refuses this batch: find the message it refuses.
                 return await self._isolate(msgs, stopping)
             if stopping.is_set():
@@ -132,30 +126,14 @@ class Sink:
             return False
         return await self.writer.probe()
 
-    async def _isolate(self, msgs: list[Msg], stopping: asyncio.Event) -> bool:
+    async def _isolate(self, msgs: list[RawMsg], stopping: asyncio.Event) -> bool:
         if len(msgs) == 1:
-            reason = f"the store refused it: {self.last_error}"
-            batch = dead_letter_batch(msgs, self.writer.committed, reason)
-            return await self._commit(msgs, batch, stopping)
+            return await self._process(msgs, stopping, refuse=f"the store refused it: {self.last_error}")
         half = len(msgs) // 2
         for part in (msgs[:half], msgs[half:]):
-            batch = decode_batch(part, self.writer.committed, self._stream_epoch)
-            if not await self._commit(part, batch, stopping):
+            if not await self._process(part, stopping):
                 return False
         return True
-
-    async def _settle(self, msgs: list[Msg], batch: DecodedBatch) -> None:
-        assert self._puller is not None
-        if not batch.dead_letters:
-            await self._puller.ack(msgs)
-            return
-        reasons = {d.seq: d.reason for d in batch.dead_letters}
-        for msg in msgs:
-            reason = reasons.get(Delivery.from_reply(msg.reply).stream_seq)
-            if reason is None:
-                await self._puller.ack([msg])
-            else:
-                await self._puller.terminate(msg, reason)
 
     # ---- queries (served over NATS by endpoints.py) ------------------------------------------
 

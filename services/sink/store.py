@@ -2,6 +2,11 @@
 
 Each batch is one transaction: events, dead letters, counters and the committed sequence ranges move
 together, so a crash leaves either the whole batch or none of it.
+
+The primary key is the 128-bit MD5 of ``<topic>:<event_id>``, not the two strings: DuckDB keeps the
+key's index in memory, and at 10 million random ids the two-string index outgrew a 512 MB memory
+limit while the 16-byte key held insert speed with the sink under 1 GiB (docs/performance.md). A
+crafted MD5 collision with a stored event is caught and dead-lettered, never silently dropped.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,13 +23,17 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from services.sink.counters import Counters, TopicCounts
-from services.sink.decode import DecodedBatch, Row
+from services.sink.decode import RawMsg, SlowDecoded, decode_slow, refused
+from services.sink.fastpath import DECODE_SQL
 from services.sink.seqranges import SeqRanges
 
+SCHEMA_VERSION = "2"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
+    key UHUGEINT PRIMARY KEY,
     id UBIGINT NOT NULL,
     topic VARCHAR NOT NULL,
     event_id VARCHAR NOT NULL,
@@ -31,8 +41,7 @@ CREATE TABLE IF NOT EXISTS events (
     source VARCHAR NOT NULL,
     payload VARCHAR NOT NULL,
     seq UBIGINT NOT NULL,
-    stored_at TIMESTAMP NOT NULL,
-    PRIMARY KEY (topic, event_id)
+    stored_at TIMESTAMP NOT NULL
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     id UBIGINT NOT NULL,
@@ -63,11 +72,24 @@ INSERT INTO counters VALUES (true, 0, 0, 0, 0, 0) ON CONFLICT DO NOTHING;
 """
 
 EVENT_COLUMNS = 'id, topic, event_id, "timestamp", source, payload, seq, stored_at'
-# Times are stored as TIMESTAMP holding UTC: TIMESTAMPTZ would need DuckDB's ICU extension.
-_UTC = pa.timestamp("us", tz="UTC")
+KEY = "md5_number(topic || ':' || event_id)"
 _TS = pa.timestamp("us")
+_CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("topic", pa.string()),
+        ("event_id", pa.string()),
+        ("timestamp", _TS),
+        ("source", pa.string()),
+        ("payload", pa.string()),
+        ("seq", pa.uint64()),
+    ]
+)
 # Dead letters keep the whole body; listings show its start.
 BODY_PREVIEW = 4096
+
+
+class KeyCollision(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -82,6 +104,9 @@ class CommitResult:
     counters: Counters
     committed: SeqRanges
     inserted: int
+    redelivered: int
+    # Positions in the batch of the messages kept as dead letters, with the reason.
+    dead: dict[int, str]
     conflict_fallback: bool
 
 
@@ -90,11 +115,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = duckdb.connect(
-            str(path),
-            config={
-                "memory_limit": memory_limit,
-                "checkpoint_threshold": checkpoint_threshold,
-            },
+            str(path), config={"memory_limit": memory_limit, "checkpoint_threshold": checkpoint_threshold}
         )
         self._readers = threading.local()
         self._next_id = 0
@@ -102,76 +123,121 @@ class Store:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
+    def _run(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Executes and reads the whole result: DuckDB refuses other work on a connection while a
+        result is unfinished, even an INSERT's count."""
+        return self._db.execute(sql, params).fetchall()
+
+    def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._db.executemany(sql, rows).fetchall()
+
+    def _insert_from(self, table: str, rows: pa.Table, *, replace: bool = False) -> None:
+        self._db.register("rows_in", rows)
+        try:
+            self._run(f"INSERT {'OR REPLACE ' if replace else ''}INTO {table} SELECT * FROM rows_in")
+        finally:
+            self._db.unregister("rows_in")
+
     def load(self) -> StoreState:
-        con = self._db
-        con.execute(SCHEMA)
-        row = con.execute(
+        run = self._run
+        run(SCHEMA)
+        version = run("SELECT value FROM meta WHERE key = 'schema_version'")
+        if not version:
+            run("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+        elif version[0][0] != SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path} has schema version {version[0][0]}; this sink needs {SCHEMA_VERSION}")
+        [(received, unique, window, store_dups, invalid)] = run(
             "SELECT received, unique_processed, window_duplicates, store_duplicates, invalid FROM counters"
-        ).fetchone()
-        assert row is not None
+        )
         topics = {
             t: TopicCounts(u, w, s)
-            for t, u, w, s in con.execute(
-                "SELECT topic, unique_events, window_duplicates, store_duplicates FROM topics"
-            ).fetchall()
+            for t, u, w, s in run("SELECT topic, unique_events, window_duplicates, store_duplicates FROM topics")
         }
-        received, unique, window, store_dups, invalid = row
         counters = Counters(received, unique, window, store_dups, invalid, topics)
-        ranges = SeqRanges(con.execute("SELECT lo, hi FROM committed_seqs").fetchall())
-        epoch_row = con.execute("SELECT value FROM meta WHERE key = 'stream_epoch'").fetchone()
-        self._next_id = _scalar(con, "SELECT coalesce(max(id), 0) + 1 FROM events")
-        self._next_dead_id = _scalar(con, "SELECT coalesce(max(id), 0) + 1 FROM dead_letters")
-        return StoreState(counters, ranges, epoch_row[0] if epoch_row else None)
+        ranges = SeqRanges(run("SELECT lo, hi FROM committed_seqs"))
+        epoch = run("SELECT value FROM meta WHERE key = 'stream_epoch'")
+        self._next_id = run("SELECT coalesce(max(id), 0) + 1 FROM events")[0][0]
+        self._next_dead_id = run("SELECT coalesce(max(id), 0) + 1 FROM dead_letters")[0][0]
+        return StoreState(counters, ranges, epoch[0][0] if epoch else None)
 
     def set_stream_epoch(self, epoch: str) -> None:
         """A new stream starts its sequences again at 1: forget the sequences of the old one."""
-        con = self._db
-        con.execute("BEGIN")
-        try:
-            con.execute("DELETE FROM committed_seqs")
-            con.execute("INSERT OR REPLACE INTO meta VALUES ('stream_epoch', ?)", [epoch])
-            con.execute("COMMIT")
-        except BaseException:
-            _rollback(con)
-            raise
+        with self._transaction():
+            self._run("DELETE FROM committed_seqs")
+            self._run("INSERT OR REPLACE INTO meta VALUES ('stream_epoch', ?)", [epoch])
 
     def probe(self) -> None:
         """A small committed write: raises when the store cannot take writes."""
-        con = self._db
-        con.execute("BEGIN")
-        try:
-            con.execute("INSERT OR REPLACE INTO meta VALUES ('probed_at', ?)", [datetime.now(UTC).isoformat()])
-            con.execute("COMMIT")
-        except BaseException:
-            _rollback(con)
-            raise
+        with self._transaction():
+            self._run("INSERT OR REPLACE INTO meta VALUES ('probed_at', ?)", [datetime.now(UTC).isoformat()])
 
     def close(self) -> None:
         self._db.close()
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._run("BEGIN")
+        try:
+            yield
+            self._run("COMMIT")
+        except BaseException:
+            # After an error DuckDB's COMMIT would silently roll back; make the failure explicit.
+            with contextlib.suppress(duckdb.Error):
+                self._run("ROLLBACK")
+            raise
+
     # ---- the one writer ----------------------------------------------------------------------
 
-    def commit(self, batch: DecodedBatch, counters: Counters, committed: SeqRanges) -> CommitResult:
-        """Writes a batch in one transaction. Called from one thread only."""
-        rows = _first_of_each_key(batch.rows)
-        valid = Counter(r.topic for r in batch.rows)
-        now = datetime.now(UTC).replace(tzinfo=None)
-        new_committed = committed.union(batch.new_seqs)
+    def commit(
+        self,
+        msgs: Sequence[RawMsg],
+        counters: Counters,
+        committed: SeqRanges,
+        stream_epoch: int,
+        refuse: str | None = None,
+    ) -> CommitResult:
+        """Decodes and writes a batch in one transaction. Called from one thread only. With ``refuse``,
+        every new message is kept as a dead letter with that reason instead."""
+        con = self._db
+        con.register("incoming", _incoming(msgs))
         try:
-            inserted, updated = self._write(batch, rows, valid, counters, new_committed, now, fallback=False)
+            decoded = con.sql(DECODE_SQL).to_arrow_table()
+        finally:
+            con.unregister("incoming")
+        decoded = decoded.combine_chunks()
+        new = _first_deliveries(decoded["seq"], committed)
+        fast = pc.and_(new, pc.and_(decoded["is_log"], decoded["fast"]))
+        if refuse is None:
+            slow_positions = pc.filter(decoded["i"], pc.and_(new, pc.invert(fast))).to_pylist()
+            slow = decode_slow(msgs, slow_positions, stream_epoch)
+            candidates = pa.concat_tables(
+                [
+                    decoded.filter(fast).select(_CANDIDATE_SCHEMA.names).cast(_CANDIDATE_SCHEMA),
+                    _rows_table(slow),
+                ]
+            )
+        else:
+            slow = refused(msgs, pc.filter(decoded["i"], new).to_pylist(), refuse)
+            candidates = _CANDIDATE_SCHEMA.empty_table()
+        new_committed = committed.union(pc.filter(decoded["seq"], new).to_pylist())
+        now = datetime.now(UTC).replace(tzinfo=None)
+        try:
+            inserted, updated = self._write(candidates, slow, counters, new_committed, now, fallback=False)
             fallback = False
         except duckdb.ConstraintException:
             # Some key is already stored (re-sent after the window): rare, so only then pay for the
             # ON CONFLICT plan, which scans the whole table.
-            inserted, updated = self._write(batch, rows, valid, counters, new_committed, now, fallback=True)
+            inserted, updated = self._write(candidates, slow, counters, new_committed, now, fallback=True)
             fallback = True
-        return CommitResult(updated, new_committed, inserted, fallback)
+        dead = {i: d.reason for i, d in slow.dead_letters.items()}
+        redelivered = len(msgs) - pc.sum(new.cast(pa.int64())).as_py()
+        return CommitResult(updated, new_committed, inserted, redelivered, dead, fallback)
 
     def _write(
         self,
-        batch: DecodedBatch,
-        rows: list[Row],
-        valid: Counter[str],
+        candidates: pa.Table,
+        slow: SlowDecoded,
         counters: Counters,
         committed: SeqRanges,
         now: datetime,
@@ -179,63 +245,65 @@ class Store:
         fallback: bool,
     ) -> tuple[int, Counters]:
         con = self._db
-        con.execute("BEGIN")
+        con.register("candidates", candidates)
         try:
-            inserted = self._insert_rows(rows, now, fallback=fallback)
-            if batch.dead_letters:
-                self._insert_dead_letters(batch, now)
-            updated, changed = counters.after(
-                inserted=inserted, valid=valid, window=batch.window_duplicates, invalid=len(batch.dead_letters)
-            )
-            self._save_counters(updated, changed)
-            if batch.new_seqs:
-                con.execute("DELETE FROM committed_seqs")
-                con.executemany("INSERT INTO committed_seqs VALUES (?, ?)", committed.ranges())
-            con.execute("COMMIT")
-        except BaseException:
-            # After an error DuckDB's COMMIT would silently roll back; make the failure explicit.
-            _rollback(con)
-            raise
+            with self._transaction():
+                if fallback:
+                    self._check_collisions()
+                valid = self._count_by_topic("SELECT topic, count(*) FROM candidates GROUP BY topic")
+                inserted = self._insert_events(now, fallback)
+                if slow.dead_letters:
+                    self._insert_dead_letters(slow, now)
+                updated, changed = counters.after(
+                    inserted=inserted, valid=valid, window=slow.window_duplicates, invalid=len(slow.dead_letters)
+                )
+                self._save_counters(updated, changed)
+                self._run("DELETE FROM committed_seqs")
+                self._insert_from("committed_seqs", _ranges_table(committed))
         finally:
             with contextlib.suppress(duckdb.Error):
-                con.unregister("incoming")
-        self._next_id += len(rows)
-        self._next_dead_id += len(batch.dead_letters)
+                con.unregister("candidates")
+        self._next_id += sum(inserted.values())
+        self._next_dead_id += len(slow.dead_letters)
         return sum(inserted.values()), updated
 
-    def _insert_rows(self, rows: list[Row], now: datetime, *, fallback: bool) -> Counter[str]:
-        if not rows:
-            return Counter()
-        first = self._next_id
-        incoming = pa.table(
-            {
-                "id": pa.array(range(first, first + len(rows)), pa.uint64()),
-                "topic": [r.topic for r in rows],
-                "event_id": [r.event_id for r in rows],
-                "timestamp": pa.array([r.timestamp for r in rows], _UTC).cast(_TS),
-                "source": [r.source for r in rows],
-                "payload": [r.payload for r in rows],
-                "seq": pa.array([r.seq for r in rows], pa.uint64()),
-                "stored_at": pa.array([now] * len(rows), _TS),
-            }
-        )
-        con = self._db
-        # Unregistered by _write once the transaction is over: inside an aborted one it would fail too.
-        con.register("incoming", incoming)
-        if fallback:
-            stored = con.execute(
-                f"INSERT INTO events SELECT {EVENT_COLUMNS} FROM incoming ON CONFLICT DO NOTHING RETURNING topic"
-            ).fetchall()
-            return Counter(t for (t,) in stored)
-        con.execute(f"INSERT INTO events SELECT {EVENT_COLUMNS} FROM incoming")
-        return Counter(r.topic for r in rows)
+    def _count_by_topic(self, sql: str) -> Counter[str]:
+        return Counter({topic: n for topic, n in self._run(sql)})
 
-    def _insert_dead_letters(self, batch: DecodedBatch, now: datetime) -> None:
-        self._db.executemany(
+    def _insert_events(self, now: datetime, fallback: bool) -> Counter[str]:
+        """Inserts the first copy of each key in the batch; returns how many were new, per topic."""
+        select = (
+            f'SELECT {KEY}, ? + row_number() OVER (ORDER BY seq) - 1, topic, event_id, "timestamp", source, '
+            "payload, seq, ? FROM (SELECT * FROM candidates "
+            "QUALIFY row_number() OVER (PARTITION BY topic, event_id ORDER BY seq) = 1)"
+        )
+        params = [self._next_id, now]
+        if fallback:
+            stored = self._run(
+                f"INSERT INTO events SELECT * FROM ({select}) ON CONFLICT DO NOTHING RETURNING topic", params
+            )
+            return Counter(t for (t,) in stored)
+        self._run(f"INSERT INTO events {select}", params)
+        return self._count_by_topic("SELECT topic, count(DISTINCT event_id) FROM candidates GROUP BY topic")
+
+    def _check_collisions(self) -> None:
+        """A different event with the key of a stored one (a crafted MD5 collision) must not pass for a
+        duplicate: refusing the batch makes the sink isolate that message and dead-letter it."""
+        clash = self._run(
+            "SELECT c.seq, c.topic, c.event_id, e.topic, e.event_id FROM candidates c JOIN events e "
+            "ON e.key = md5_number(c.topic || ':' || c.event_id) "
+            "WHERE e.topic <> c.topic OR e.event_id <> c.event_id LIMIT 1"
+        )
+        if clash:
+            seq, topic, event_id, other_topic, other_id = clash[0]
+            raise KeyCollision(f"{topic}:{event_id} (seq {seq}) has the key of the stored {other_topic}:{other_id}")
+
+    def _insert_dead_letters(self, slow: SlowDecoded, now: datetime) -> None:
+        self._run_many(
             "INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 (
-                    self._next_dead_id + i,
+                    self._next_dead_id + n,
                     d.seq,
                     d.subject,
                     d.reason,
@@ -243,25 +311,28 @@ class Store:
                     d.body,
                     now,
                 )
-                for i, d in enumerate(batch.dead_letters)
+                for n, d in enumerate(slow.dead_letters.values())
             ],
         )
 
     def _save_counters(self, c: Counters, changed: set[str]) -> None:
-        con = self._db
-        con.execute(
+        self._run(
             "UPDATE counters SET received = ?, unique_processed = ?, window_duplicates = ?, "
             "store_duplicates = ?, invalid = ?",
             [c.received, c.unique_processed, c.window_duplicates, c.store_duplicates, c.invalid],
         )
         if changed:
-            con.executemany(
-                "INSERT OR REPLACE INTO topics VALUES (?, ?, ?, ?)",
-                [
-                    (t, c.topics[t].unique, c.topics[t].window_duplicates, c.topics[t].store_duplicates)
-                    for t in sorted(changed)
-                ],
+            names = sorted(changed)
+            # One statement from an Arrow table: executemany costs milliseconds per row here.
+            changed_topics = pa.table(
+                {
+                    "topic": names,
+                    "unique_events": pa.array([c.topics[t].unique for t in names], pa.uint64()),
+                    "window_duplicates": pa.array([c.topics[t].window_duplicates for t in names], pa.uint64()),
+                    "store_duplicates": pa.array([c.topics[t].store_duplicates for t in names], pa.uint64()),
+                }
             )
+            self._insert_from("topics", changed_topics, replace=True)
 
     # ---- reads, from any thread; they never wait for the writer --------------------------------
 
@@ -285,7 +356,9 @@ class Store:
     def get_event(self, topic: str, event_id: str) -> dict[str, Any] | None:
         found = _event_dicts(
             self._reader().execute(
-                f"SELECT {EVENT_COLUMNS} FROM events WHERE topic = ? AND event_id = ?", [topic, event_id]
+                f"SELECT {EVENT_COLUMNS} FROM events "
+                "WHERE key = md5_number(? || ':' || ?) AND topic = ? AND event_id = ?",
+                [topic, event_id, topic, event_id],
             )
         )
         return found[0] if found else None
@@ -320,15 +393,6 @@ class Store:
         return self.path.stat().st_size if self.path.exists() else 0
 
 
-def _first_of_each_key(rows: list[Row]) -> list[Row]:
-    """Duplicates inside one batch: the first copy is the one stored, the others count as store
-    duplicates."""
-    seen: dict[tuple[str, str], Row] = {}
-    for r in rows:
-        seen.setdefault((r.topic, r.event_id), r)
-    return list(seen.values()) if len(seen) != len(rows) else rows
-
-
 def _event_dicts(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return [
         {
@@ -349,12 +413,62 @@ def _iso(naive_utc: datetime) -> str:
     return naive_utc.isoformat() + "Z"
 
 
-def _rollback(con: duckdb.DuckDBPyConnection) -> None:
-    # No transaction left to roll back, or the connection is unusable: then the caller reopens.
-    with contextlib.suppress(duckdb.Error):
-        con.execute("ROLLBACK")
+def _first_deliveries(seq: pa.ChunkedArray, committed: SeqRanges) -> pa.Array:
+    """True for the messages whose sequence is neither committed already nor seen earlier in the
+    batch (JetStream redelivered it while the first copy was still buffered)."""
+    seqs = seq.combine_chunks()
+    new = pa.array([True] * len(seqs))
+    if len(seqs) == 0:
+        return new
+    bounds = pc.min_max(seqs)
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    for start, end in committed.ranges():
+        if end >= low and start <= high:
+            new = pc.and_(new, pc.invert(pc.and_(pc.greater_equal(seqs, start), pc.less_equal(seqs, end))))
+    if pc.count_distinct(seqs).as_py() != len(seqs):
+        repeated: set[int] = set()
+        first = []
+        for s in seqs.to_pylist():
+            first.append(s not in repeated)
+            repeated.add(s)
+        new = pc.and_(new, pa.array(first))
+    return new
 
 
-def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
-    row = con.execute(sql).fetchone()
-    return int(row[0]) if row else 0
+def _incoming(msgs: Sequence[RawMsg]) -> pa.Table:
+    # Several record batches, so that DuckDB decodes them on all its threads.
+    return pa.Table.from_batches(_incoming_table(msgs).to_batches(max_chunksize=max(512, len(msgs) // 4)))
+
+
+def _incoming_table(msgs: Sequence[RawMsg]) -> pa.Table:
+    return pa.table(
+        {
+            "i": pa.array(range(len(msgs)), pa.uint32()),
+            "subject": pa.array([m[0] for m in msgs], pa.binary()),
+            "reply": pa.array([m[1] for m in msgs], pa.binary()),
+            "hdr": pa.array([m[2] for m in msgs], pa.binary()),
+            "body": pa.array([m[3] for m in msgs], pa.binary()),
+        }
+    )
+
+
+def _rows_table(slow: SlowDecoded) -> pa.Table:
+    rows = slow.rows
+    return pa.table(
+        {
+            "topic": [r.topic for r in rows],
+            "event_id": [r.event_id for r in rows],
+            "timestamp": pa.array([r.timestamp for r in rows], pa.timestamp("us", tz="UTC")).cast(_TS),
+            "source": [r.source for r in rows],
+            "payload": [r.payload for r in rows],
+            "seq": pa.array([r.seq for r in rows], pa.uint64()),
+        },
+        schema=_CANDIDATE_SCHEMA,
+    )
+
+
+def _ranges_table(ranges: SeqRanges) -> pa.Table:
+    pairs = ranges.ranges()
+    return pa.table(
+        {"lo": pa.array([lo for lo, _ in pairs], pa.uint64()), "hi": pa.array([hi for _, hi in pairs], pa.uint64())}
+    )

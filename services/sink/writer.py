@@ -6,10 +6,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import TypeVar
 
 from services.sink.counters import Counters
-from services.sink.decode import DecodedBatch
+from services.sink.decode import RawMsg
 from services.sink.seqranges import SeqRanges
 from services.sink.settings import SinkSettings
 from services.sink.store import CommitResult, Store
@@ -26,6 +27,8 @@ class Writer:
         self.counters = Counters()
         self.committed = SeqRanges()
         self.stream_epoch: str | None = None
+        # Seconds since the epoch of the stream's creation, part of the ids of plain lines without one.
+        self.stream_epoch_id = 0
 
     @property
     def store(self) -> Store:
@@ -58,7 +61,9 @@ class Writer:
         await self.close_store()
         await self.open()
 
-    async def use_stream(self, epoch: str) -> None:
+    async def use_stream(self, created: datetime) -> None:
+        epoch = created.isoformat()
+        self.stream_epoch_id = int(created.timestamp())
         if epoch != self.stream_epoch:
             if self.stream_epoch is not None:
                 log.warning("stream was recreated (%s -> %s): sequence numbers start again", self.stream_epoch, epoch)
@@ -66,9 +71,9 @@ class Writer:
             self.committed = SeqRanges()
             self.stream_epoch = epoch
 
-    async def commit(self, batch: DecodedBatch) -> CommitResult:
-        counters, committed = self.counters, self.committed
-        result = await self._run(lambda: self.store.commit(batch, counters, committed))
+    async def commit(self, msgs: list[RawMsg], refuse: str | None = None) -> CommitResult:
+        counters, committed, epoch = self.counters, self.committed, self.stream_epoch_id
+        result = await self._run(lambda: self.store.commit(msgs, counters, committed, epoch, refuse))
         self.counters, self.committed = result.counters, result.committed
         return result
 
