@@ -254,3 +254,14 @@ def jetstream_publish(url: str, events: list[dict[str, Any]]) -> None:
         await nc.close()
 
     asyncio.run(go())
+
+
+def delete_message(url: str, seq: int, stream: str = "LOGS") -> None:
+    async def go() -> None:
+        nc = await nats.connect(url)
+        try:
+            await nc.jetstream().delete_msg(stream, seq)
+        finally:
+            await nc.close()
+
+    asyncio.run(go())

@@ -9,7 +9,16 @@ from typing import Any
 import duckdb
 import pytest
 
-from tests.harness import NatsServer, Service, event, jetstream_info, jetstream_publish, sink_request, wait_for
+from tests.harness import (
+    NatsServer,
+    Service,
+    delete_message,
+    event,
+    jetstream_info,
+    jetstream_publish,
+    sink_request,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -63,6 +72,32 @@ def test_a_redelivery_after_the_commit_changes_no_counter(
     finally:
         assert restarted.stop() == 0
     assert stored_counters(data / "logmesh.duckdb")["received"] == 50
+
+
+def test_deleting_a_pending_message_loses_no_other(
+    nats_server: NatsServer, tmp_path: Path, service: Callable[..., Service]
+) -> None:
+    """A sink dies holding a batch; one of its messages is then deleted from the stream (``nats stream
+    rmm``). Every other message of that batch is still redelivered and stored. (With ack policy ALL
+    the server would ack all messages before the deleted one.)"""
+    data = tmp_path / "data"
+    jetstream_publish(nats_server.url, [event("gap", f"a-{i}") for i in range(50)])
+    crashing = service(sink_args(nats_server, data), {"LOGMESH_FAILPOINTS": "sink.before_commit=kill"})
+    assert crashing.proc is not None
+    assert crashing.proc.wait(30) == -9, crashing.log()
+    delete_message(nats_server.url, 25)
+    jetstream_publish(nats_server.url, [event("gap", f"b-{i}") for i in range(50)])
+
+    restarted = service(sink_args(nats_server, data))
+
+    def all_acked() -> bool:
+        _, c = jetstream_info(nats_server.url)
+        return bool(c.num_ack_pending == 0 and c.num_pending == 0)
+
+    wait_for(all_acked, 60, "every message acked")
+    stats = sink_request(nats_server.url, "stats")
+    assert (stats["received"], stats["unique_processed"], stats["invalid"]) == (99, 99, 0)
+    assert restarted.stop() == 0
 
 
 def test_a_graceful_stop_commits_acks_and_exits_zero(

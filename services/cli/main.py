@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.cli import bench, commands, services
+from services.bench import command as bench
+from services.cli import commands, services
 
 
 def build_parser() -> argparse.ArgumentParser:

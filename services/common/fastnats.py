@@ -3,22 +3,35 @@
 nats-py turns every incoming message into a ``Msg`` (decoding subject and reply, parsing headers),
 queues it and awaits a callback: about 20 µs per message here, more than everything else the sink
 does. For subscriptions registered with ``subscribe_raw`` this client hands the raw parts to a plain
-function instead, and ``publish_many`` writes many messages as one buffer. Everything else (connect,
-reconnect, resubscribe, ping, drain) is nats-py's.
+function instead, parses the wire with a faster parser, and ``publish_many`` writes many messages as
+one buffer. Everything else (connect, reconnect, resubscribe, ping, drain) is nats-py's.
 
-Both hook into nats-py internals (``Client._process_msg`` and the pending write buffer), which is why
-``pyproject.toml`` pins nats-py to 2.16.x; ``check_internals`` fails loudly if they change.
+All of it hooks into nats-py internals (the parser, ``Client._process_msg``, the pending write
+buffer), which is why ``pyproject.toml`` pins nats-py to 2.16.x; ``check_internals`` fails loudly if
+they change.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import ConnectionClosedError, OutboundBufferLimitError
+from nats.errors import ConnectionClosedError, OutboundBufferLimitError, ProtocolError
+from nats.protocol.parser import (
+    _CRLF_,
+    AWAITING_CONTROL_LINE,
+    AWAITING_MSG_PAYLOAD,
+    CRLF_SIZE,
+    MAX_CONTROL_LINE_SIZE,
+    Parser,
+)
+
+log = logging.getLogger("logmesh.nats")
 
 # subject, reply, raw header block (or None), payload: all bytes straight off the wire.
 RawHandler = Callable[[bytes, bytes, bytes | None, bytes], None]
@@ -28,7 +41,13 @@ _EXPECTED = ["self", "sid", "subject", "reply", "data", "headers"]
 
 def check_internals() -> None:
     params = list(inspect.signature(Client._process_msg).parameters)
-    if params != _EXPECTED or not hasattr(Client, "_send_command") or not hasattr(Client, "_flush_pending"):
+    parser_fields = ("buf", "state", "needed", "header_needed", "msg_arg")
+    if (
+        params != _EXPECTED
+        or not hasattr(Client, "_send_command")
+        or not hasattr(Client, "_flush_pending")
+        or not all(hasattr(Parser(None), f) for f in parser_fields)
+    ):
         raise RuntimeError("nats-py internals changed: logmesh's bulk paths need nats-py 2.16.x")
 
 
@@ -36,11 +55,82 @@ async def _unused(msg: Msg) -> None:
     """nats-py requires a coroutine callback; raw subscriptions never reach it."""
 
 
+class FastParser(Parser):
+    """nats-py's parser matches a regex per message and deletes each message from the front of its
+    buffer (a memmove of the rest, every time). This one walks the buffer with an offset, trims it
+    once per read, and calls raw handlers directly. Lines other than MSG and HMSG (PING, PONG, INFO,
+    -ERR) are rare and go to nats-py's parser."""
+
+    nc: FastClient
+
+    async def parse(self, data: bytes = b"") -> None:
+        buf = self.buf
+        buf.extend(data)
+        pos = 0
+        try:
+            while True:
+                if self.state == AWAITING_MSG_PAYLOAD:
+                    end = pos + self.needed
+                    if len(buf) < end + CRLF_SIZE:
+                        return
+                    split = pos + self.header_needed
+                    headers = bytes(buf[pos:split]) if split > pos else None
+                    payload = bytes(buf[split:end])
+                    pos = end + CRLF_SIZE
+                    self.header_needed = 0
+                    self.state = AWAITING_CONTROL_LINE
+                    await self.nc._deliver(self.msg_arg, headers, payload)
+                    continue
+                end = buf.find(_CRLF_, pos)
+                if end < 0:
+                    if len(buf) - pos > MAX_CONTROL_LINE_SIZE:
+                        raise ProtocolError("nats: control line too long")
+                    return
+                parts = bytes(buf[pos:end]).split()
+                if parts and parts[0] in (b"MSG", b"HMSG") and len(parts) in (4, 5, 6):
+                    self._message_line(parts)
+                    pos = end + CRLF_SIZE
+                    continue
+                del buf[:pos]
+                pos = 0
+                await super().parse()
+                return
+        finally:
+            if pos:
+                del buf[:pos]
+
+    def _message_line(self, parts: list[bytes]) -> None:
+        # MSG <subject> <sid> [reply] <size>  |  HMSG <subject> <sid> [reply] <header size> <size>
+        if parts[0] == b"HMSG":
+            reply = parts[3] if len(parts) == 6 else b""
+            self.header_needed = int(parts[-2])
+        else:
+            reply = parts[3] if len(parts) == 5 else b""
+        self.msg_arg = {"subject": parts[1], "sid": int(parts[2]), "reply": reply}
+        self.needed = int(parts[-1])
+        self.state = AWAITING_MSG_PAYLOAD
+
+
 class FastClient(Client):
     def __init__(self) -> None:
         check_internals()
         super().__init__()
         self._raw_handlers: dict[int, RawHandler] = {}
+        self._ps = FastParser(self)
+
+    async def _deliver(self, arg: dict[str, Any], headers: bytes | None, payload: bytes) -> None:
+        sid = arg["sid"]
+        handler = self._raw_handlers.get(sid)
+        if handler is None:
+            await super()._process_msg(sid, arg["subject"], arg["reply"], payload, headers or b"")
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(payload)
+        try:
+            handler(arg["subject"], arg["reply"], headers, payload)
+        except Exception:
+            # Raising here would make nats-py drop the connection; the message is redelivered instead.
+            log.exception("raw message handler failed")
 
     async def subscribe_raw(self, subject: str, handler: RawHandler) -> Subscription:
         """A subscription whose messages go to ``handler(subject, reply, headers, payload)``, called
@@ -50,13 +140,8 @@ class FastClient(Client):
         return sub
 
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
-        handler = self._raw_handlers.get(sid)
-        if handler is None:
-            await super()._process_msg(sid, subject, reply, data, headers)
-            return
-        self.stats["in_msgs"] += 1
-        self.stats["in_bytes"] += len(data)
-        handler(subject, reply, headers or None, data)
+        # Reached from nats-py's own parser (after a PING or INFO in the same read).
+        await self._deliver({"sid": sid, "subject": subject, "reply": reply}, headers or None, data)
 
     async def publish_many(self, commands: Iterable[bytes]) -> None:
         """Writes pre-formatted protocol commands (see ``pub`` and ``hpub``) as one buffer. Unlike

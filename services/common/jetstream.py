@@ -146,18 +146,24 @@ async def ensure_consumer(
     ack_wait: float,
     max_ack_pending: int,
 ) -> ConsumerInfo:
-    """Declares the sink's durable pull consumer (create or update). Ack policy ALL: the sink commits
-    batches in delivery order, so acking a batch's last message acknowledges the whole batch."""
+    """Declares the sink's durable pull consumer (create or update), acks explicit. A consumer whose
+    fixed settings differ (an older ack policy) is replaced: the new one delivers the stream from the
+    start, and the sink skips, by sequence, everything it has already committed."""
     config = ConsumerConfig(
         name=name,
         durable_name=name,
         deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait,
         max_ack_pending=max_ack_pending,
         max_deliver=-1,
     )
-    return await js.add_consumer(stream, config)
+    try:
+        return await js.add_consumer(stream, config)
+    except BadRequestError as exc:
+        log.warning("consumer %s cannot be updated (%s); replacing it", name, exc.description)
+        await js.delete_consumer(stream, name)
+        return await js.add_consumer(stream, config)
 
 
 async def wait_for_stream(js: JetStreamContext, settings: CommonSettings) -> StreamInfo:

@@ -59,6 +59,12 @@ class BatchResult:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    batch_id: int
+    commands: list[bytes]
+
+
 class AckedPublisher:
     # A batch goes out in slices so that acks start flowing back while the rest is written.
     SLICE = 1000
@@ -80,23 +86,33 @@ class AckedPublisher:
 
     async def publish(self, messages: Sequence[Outgoing], timeout: float) -> BatchResult:
         """Publishes every message and waits, at most ``timeout`` seconds, for every PubAck."""
+        return await self.send(self.prepare(messages), timeout)
+
+    def prepare(self, messages: Sequence[Outgoing]) -> Prepared:
+        """The wire commands of a batch, each with its own reply subject. Send a prepared batch once:
+        a retry prepares again, so late acks of the first attempt cannot count for the second."""
         batch_id = next(self._batch_ids)
-        pending = _Pending(results=[None] * len(messages), waiting=len(messages))
-        self._pending[batch_id] = pending
         prefix = f"{self._inbox}.{batch_id}.".encode()
+        commands = [
+            hpub(m.subject.encode(), _id_header(m.msg_id), m.data, prefix + str(n).encode())
+            for n, m in enumerate(messages)
+        ]
+        return Prepared(batch_id, commands)
+
+    async def send(self, prepared: Prepared, timeout: float) -> BatchResult:
+        count = len(prepared.commands)
+        pending = _Pending(results=[None] * count, waiting=count)
+        self._pending[prepared.batch_id] = pending
         try:
             async with asyncio.timeout(timeout):
-                for start in range(0, len(messages), self.SLICE):
-                    await self._nc.publish_many(
-                        hpub(m.subject.encode(), _id_header(m.msg_id), m.data, prefix + str(start + n).encode())
-                        for n, m in enumerate(messages[start : start + self.SLICE])
-                    )
+                for start in range(0, count, self.SLICE):
+                    await self._nc.publish_many(prepared.commands[start : start + self.SLICE])
                 if pending.waiting:
                     await pending.done.wait()
         except TimeoutError:
             pass
         finally:
-            del self._pending[batch_id]
+            del self._pending[prepared.batch_id]
         return BatchResult(pending.results)
 
     def _on_ack(self, subject: bytes, reply: bytes, headers: bytes | None, data: bytes) -> None:
@@ -118,6 +134,8 @@ def _id_header(msg_id: str) -> bytes:
 
 
 def _read_ack(headers: bytes | None, data: bytes) -> int | str:
+    if data.startswith(b'{"stream":'):  # {"stream":"LOGS","seq":7} or {...,"seq":7,"duplicate": true}
+        return DUPLICATE if b'"duplicate": true' in data or b'"duplicate":true' in data else STORED
     if headers is not None and not data:
         # A status reply such as "NATS/1.0 503" means no stream listens on the subject.
         return "status " + headers.split(b"\r\n", 1)[0][len(b"NATS/1.0") :].decode("utf-8", "replace").strip()

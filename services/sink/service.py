@@ -1,7 +1,10 @@
 """The sink: pull a batch, decode it, commit it in one DuckDB transaction, then ack it.
 
-Ack policy: ``+ACK`` after the commit; ``+TERM`` for dead letters once they are committed; ``+WPI``
-while a batch waits for a broken store, so JetStream does not redeliver what is still held here.
+Ack policy: ``+ACK`` for every message once its batch is committed, ``+TERM`` for dead letters (kept in
+the store with their reason), ``+WPI`` while a batch waits for a broken store, so JetStream does not
+redeliver what is still held here. Acks are explicit, one per message, written as one buffer: with
+ack policy ALL, deleting one pending message from the stream makes the server ack every message
+before it, delivered or not.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class Sink:
         """Commits a batch, then settles it with JetStream. While the store is broken it keeps
         retrying (and tells JetStream the batch is in progress); False only when stopping first."""
         delay = 0.25
+        self.failpoints.hit("sink.before_commit")
         while True:
             started = time.perf_counter()
             try:

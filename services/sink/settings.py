@@ -14,6 +14,9 @@ class SinkSettings(ServiceSettings):
     ack_wait: float = Field(30.0, gt=0, description="seconds JetStream waits for an ack before redelivering")
     max_ack_pending: int = Field(50_000, ge=1, description="most unacknowledged messages the consumer hands out")
     memory_limit: str = Field("1GB", description="DuckDB memory limit")
+    db_threads: int = Field(
+        1, ge=1, le=64, description="DuckDB worker threads (one leaves the other cores to NATS and Python)"
+    )
     checkpoint_threshold: str = Field("1GB", description="WAL size that triggers a DuckDB checkpoint")
     failpoints: str = Field("", description="testing aid: name=kill,... (see services/common/failpoints.py)")
 

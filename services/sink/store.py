@@ -111,11 +111,12 @@ class CommitResult:
 
 
 class Store:
-    def __init__(self, path: Path, *, memory_limit: str, checkpoint_threshold: str) -> None:
+    def __init__(self, path: Path, *, memory_limit: str, checkpoint_threshold: str, threads: int = 1) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = duckdb.connect(
-            str(path), config={"memory_limit": memory_limit, "checkpoint_threshold": checkpoint_threshold}
+            str(path),
+            config={"memory_limit": memory_limit, "checkpoint_threshold": checkpoint_threshold, "threads": threads},
         )
         self._readers = threading.local()
         self._next_id = 0

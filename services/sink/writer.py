@@ -44,7 +44,12 @@ class Writer:
 
         def _open() -> Store:
             s = self._settings
-            store = Store(s.db_path, memory_limit=s.memory_limit, checkpoint_threshold=s.checkpoint_threshold)
+            store = Store(
+                s.db_path,
+                memory_limit=s.memory_limit,
+                checkpoint_threshold=s.checkpoint_threshold,
+                threads=s.db_threads,
+            )
             try:
                 state = store.load()
             except BaseException:

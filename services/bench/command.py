@@ -1,0 +1,188 @@
+"""``logmesh bench``: what logmesh moves on this machine, next to what the machine can move at all.
+
+Every part runs ``runs`` times and reports the median. Throughput runs ``logmesh up`` as its own
+process tree on a fresh temporary directory, so the load generator in this process competes for
+the CPU as a real client would, and not for the interpreter lock of the services it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import itertools
+import os
+import platform
+import statistics
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.bench import growth, latency, throughput
+from services.cli.runner import run
+from services.common.logs import setup_logging
+from services.common.settings import ENV_PREFIX, add_settings_arguments, settings_from_args
+
+PARTS = ("ceiling", "native", "http-seed", "http", "scaling", "growth", "latency")
+
+
+class BenchSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX + "BENCH_", extra="ignore", frozen=True)
+
+    parts: str = Field(",".join(PARTS), description=f"comma-separated parts to run: {', '.join(PARTS)}")
+    runs: int = Field(3, ge=1, description="runs of each part; medians are reported")
+    events: int = Field(200_000, ge=1000, description="events in the native and large HTTP runs")
+    dup: float = Field(0.35, ge=0, lt=1, description="fraction of duplicate events")
+    topics: int = Field(10, ge=1, description="number of topics")
+    preload: int = Field(10_000_000, ge=0, description="events already stored for the growth part")
+    json_out: Path | None = Field(None, description="also write every figure to this JSON file")
+
+
+def machine() -> dict[str, Any]:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+async def _runs(label: str, n: int, once: Callable[[], Awaitable[dict[str, Any]]]) -> list[dict[str, Any]]:
+    results = []
+    for i in range(n):
+        r = await once()
+        print(f"  {label} run {i + 1}/{n}: {_brief(r)}", flush=True)
+        results.append(r)
+    return results
+
+
+def _brief(r: dict[str, Any]) -> str:
+    keys = ("events_per_second", "messages_per_second", "p50_ms", "p99_ms", "sink_peak_rss_mib", "seconds")
+    return ", ".join(f"{k}={r[k]:,}" if isinstance(r[k], int) else f"{k}={r[k]}" for k in keys if k in r)
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in runs))
+
+
+async def _bench(s: BenchSettings, parts: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"machine": machine(), "runs": s.runs}
+    n, dup, topics = s.events, s.dup, s.topics
+    if "ceiling" in parts:
+        runs = await _runs("ceiling", s.runs, lambda: throughput.ceiling(n, dup, topics))
+        out["ceiling"] = {"events_per_second": _median(runs, "events_per_second"), "runs": runs}
+    if "native" in parts:
+        send = throughput.nats_sender(1000, 4)
+        runs = await _runs("native", s.runs, lambda: throughput.pipeline("native", n, dup, topics, send))
+        native = _median(runs, "events_per_second")
+        out["native"] = {"events_per_second": native, "runs": runs}
+        if "ceiling" in out:
+            out["native"]["ratio_to_ceiling"] = round(native / out["ceiling"]["events_per_second"], 2)
+    for name, events, batch in (("http-seed", 20_000, 500), ("http", n, 1000)):
+        if name in parts:
+            once = functools.partial(throughput.pipeline, name, events, dup, topics, throughput.http_sender(batch, 4))
+            runs = await _runs(name, s.runs, once)
+            median = _median(runs, "events_per_second")
+            out[name] = {"events": events, "batch": batch, "events_per_second": median, "runs": runs}
+    if "scaling" in parts:
+        send = throughput.nats_sender(1000, 4)
+        sizes = (n // 2, n, n * 2)
+        seconds = {}
+        for size in sizes:
+            once = functools.partial(throughput.pipeline, "scaling", size, dup, topics, send)
+            seconds[size] = _median(await _runs(f"scaling {size:,}", s.runs, once), "seconds")
+        out["scaling"] = {
+            "seconds_by_events": seconds,
+            "doubling_ratios": [round(seconds[b] / seconds[a], 2) for a, b in itertools.pairwise(sizes)],
+        }
+    if "growth" in parts:
+        out["growth"] = await _growth(s)
+    if "latency" in parts:
+        runs = await _runs("publish->queryable @5,000/s", s.runs, lambda: latency.publish_to_queryable(5000, 10))
+        out["publish_to_queryable"] = {k: _median(runs, k) for k in ("p50_ms", "p99_ms")} | {"runs": runs}
+        runs = await _runs("/stats under load", s.runs, lambda: latency.stats_under_load(n, dup, topics))
+        out["stats_under_load"] = {k: _median(runs, k) for k in ("p50_ms", "p99_ms")} | {"runs": runs}
+    return out
+
+
+async def _growth(s: BenchSettings) -> dict[str, Any]:
+    n, dup, topics = s.events, s.dup, s.topics
+    empty = await _runs("sink, empty store", s.runs, lambda: growth.sink_drain(n, dup, topics, None))
+    result: dict[str, Any] = {"empty": {"messages_per_second": _median(empty, "messages_per_second"), "runs": empty}}
+    if s.preload:
+        with tempfile.TemporaryDirectory(prefix="logmesh-bench-preload-") as tmp:
+            path = Path(tmp) / "preloaded.duckdb"
+            print(f"  building a store holding {s.preload:,} events ...", flush=True)
+            await asyncio.to_thread(growth.build_preloaded_store, path, s.preload)
+            size = path.stat().st_size
+            full = await _runs(f"sink, {s.preload:,} stored", s.runs, lambda: growth.sink_drain(n, dup, topics, path))
+        result["preloaded"] = {
+            "stored_events": s.preload,
+            "messages_per_second": _median(full, "messages_per_second"),
+            "sink_peak_rss_mib": max(r["sink_peak_rss_mib"] or 0 for r in full),
+            "store_mib_per_million_events": round(size / 2**20 / (s.preload / 1e6), 1),
+            "runs": full,
+        }
+        result["ratio"] = round(result["preloaded"]["messages_per_second"] / result["empty"]["messages_per_second"], 2)
+    return result
+
+
+def _report(out: dict[str, Any]) -> None:
+    m = out["machine"]
+    print(f"\nmachine: {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}; medians of {out['runs']} runs")
+    for name in ("ceiling", "native", "http-seed", "http"):
+        if name in out:
+            extra = f"  ({out[name]['ratio_to_ceiling']} of the ceiling)" if "ratio_to_ceiling" in out[name] else ""
+            print(f"  {name:<22} {out[name]['events_per_second']:>10,.0f} events/s{extra}")
+    if "scaling" in out:
+        print(f"  {'doubling the events':<22} time x {out['scaling']['doubling_ratios']}")
+    if "growth" in out:
+        g = out["growth"]
+        print(f"  {'sink, empty store':<22} {g['empty']['messages_per_second']:>10,.0f} msgs/s")
+        if "preloaded" in g:
+            p = g["preloaded"]
+            label = f"sink, {p['stored_events']:,} stored"
+            print(
+                f"  {label:<22} {p['messages_per_second']:>10,.0f} msgs/s  (ratio {g['ratio']}, peak RSS "
+                f"{p['sink_peak_rss_mib']} MiB, {p['store_mib_per_million_events']} MiB per million events)"
+            )
+    for name in ("publish_to_queryable", "stats_under_load"):
+        if name in out:
+            print(f"  {name:<22} p50 {out[name]['p50_ms']} ms, p99 {out[name]['p99_ms']} ms")
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(BenchSettings, args)
+    setup_logging("warning", "text")
+    parts = [p.strip() for p in settings.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        print(f"logmesh bench: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+        return 2
+
+    async def main(stopping: asyncio.Event) -> int:
+        out = await _bench(settings, parts)
+        _report(out)
+        if settings.json_out:
+            settings.json_out.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+        correct = all(
+            r.get("correct", True) for part in out.values() if isinstance(part, dict) for r in part.get("runs", [])
+        )
+        if not correct:
+            print("a run stored the wrong number of events or broke the invariant")
+        return 0 if correct else 1
+
+    return run(main)
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    text = "measure throughput, growth and latency against this machine's ceiling"
+    parser = commands.add_parser("bench", help=text, description=text)
+    add_settings_arguments(parser, BenchSettings)
+    parser.set_defaults(handler=bench_command)

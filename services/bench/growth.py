@@ -1,0 +1,114 @@
+"""Store growth: the sink's insert rate into an empty store and into one already holding millions of
+events, its peak memory, and the file size per million events."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import nats
+import orjson
+
+from services.bench.procs import peak_rss_mib
+from services.cli.workload import make_workload, send_nats
+from services.common.embedded import EmbeddedNats
+from services.common.jetstream import connect, wait_for_stream
+from services.common.processes import free_port, python_command, spawn, stop_process
+from services.common.settings import CommonSettings
+from services.sink.store import KEY, Store
+
+PRELOAD_CHUNK = 1_000_000
+
+
+def build_preloaded_store(path: Path, rows: int) -> None:
+    """A sink store already holding ``rows`` events with random ids (the worst case for the key
+    index), written straight with SQL: publishing them would take most of the benchmark's time."""
+    store = Store(path, memory_limit="2GB", checkpoint_threshold="1GB")
+    store.load()  # creates the schema
+    store.close()
+    con = duckdb.connect(str(path))
+    try:
+        for start in range(0, rows, PRELOAD_CHUNK):
+            con.execute("BEGIN").fetchall()
+            con.execute(
+                f"""INSERT INTO events
+                    SELECT {KEY}, id, topic, event_id, "timestamp", source, payload, seq, stored_at FROM (
+                        SELECT i + 1 AS id, 'topic_' || (i % 10) AS topic, 'pre-' || md5(i::VARCHAR) AS event_id,
+                               TIMESTAMP '2026-01-01' + to_milliseconds(i) AS "timestamp", 'preload' AS source,
+                               '{{"level":"info","message":"preloaded","n":' || i || '}}' AS payload,
+                               i + 1 AS seq, now()::TIMESTAMP AS stored_at
+                        FROM range(?, ?) t(i))""",
+                [start, min(rows, start + PRELOAD_CHUNK)],
+            ).fetchall()
+            con.execute("COMMIT").fetchall()
+        con.execute("UPDATE counters SET received = ?, unique_processed = ?", [rows, rows]).fetchall()
+        con.execute("INSERT OR REPLACE INTO topics SELECT topic, count(*), 0, 0 FROM events GROUP BY topic").fetchall()
+        con.execute("CHECKPOINT").fetchall()
+    finally:
+        con.close()
+
+
+async def sink_drain(events: int, dup: float, topics: int, preloaded: Path | None) -> dict[str, Any]:
+    """Publishes a workload into the stream first, then starts the sink on a store (empty or a copy of
+    ``preloaded``) and measures its rate from its first commit to its last."""
+    work = Path(tempfile.mkdtemp(prefix="logmesh-bench-growth-"))
+    server = EmbeddedNats(work / "nats", port=free_port())
+    await server.start()
+    sink = None
+    try:
+        nc = await connect(server.url, "bench-growth")
+        await wait_for_stream(nc.jetstream(), CommonSettings())
+        await nc.close()
+        workload = make_workload(events, dup, topics)
+        await send_nats(server.url, workload.batches(1000), 4, show_progress=False)
+        data = work / "data"
+        data.mkdir()
+        if preloaded is not None:
+            shutil.copy(preloaded, data / "logmesh.duckdb")
+        args = ["sink", "--nats-url", server.url, "--data-dir", str(data), "--log-level", "warning"]
+        sink = spawn(python_command(*args))
+        first, last = await _watch(server.url, workload.unique)
+        # From the first commit seen to the last: the store's opening is not part of the rate.
+        committed = last["received"] - first["received"]
+        rate = round(committed / (last["sink"]["last_commit_at"] - first["at"]))
+        return {
+            "messages_timed": committed,
+            "messages_per_second": rate,
+            "sink_peak_rss_mib": peak_rss_mib(sink.pid),
+            "store_rows": last["unique_processed"],
+            "store_mib": round((data / "logmesh.duckdb").stat().st_size / 2**20, 1),
+        }
+    finally:
+        if sink is not None:
+            await stop_process(sink, timeout=120)
+        await server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def _watch(url: str, expected_new: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Polls the sink's stats: the first answer showing a commit, and the one showing all committed."""
+    nc = await nats.connect(url)
+    first: dict[str, Any] | None = None
+    start_received: int | None = None
+    try:
+        while True:
+            try:
+                reply = await nc.request("logmesh.query.stats", b"{}", timeout=5)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                await asyncio.sleep(0.02)
+                continue
+            stats = orjson.loads(reply.data)
+            if start_received is None:
+                start_received = stats["received"]
+            if first is None and stats["received"] > start_received:
+                first = {"at": time.time(), **stats}
+            if first is not None and stats["received"] - start_received >= expected_new:
+                return first, stats
+            await asyncio.sleep(0.02)
+    finally:
+        await nc.close()

@@ -1,0 +1,76 @@
+"""Latency: publish to queryable at a steady rate, and ``/stats`` while ingest runs flat out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from typing import Any
+
+import httpx
+import orjson
+
+from services.bench.procs import UpProcess
+from services.cli.workload import make_workload, send_nats
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in samples)
+    cuts = statistics.quantiles(ms, n=100, method="inclusive")
+    return {"p50_ms": round(cuts[49], 1), "p99_ms": round(cuts[98], 1), "max_ms": round(ms[-1], 1), "samples": len(ms)}
+
+
+async def publish_to_queryable(rate: int, seconds: float, batch: int = 50, sample_every: int = 2) -> dict[str, Any]:
+    """Publishes ``rate`` events/s over HTTP in batches of ``batch``; for every ``sample_every``-th
+    batch, polls ``GET /events/{topic}/{event_id}`` for its first event until it is found."""
+    workload = make_workload(int(rate * seconds), 0.0, 10)
+    batches = workload.batches(batch)
+    found: list[float] = []
+    async with UpProcess("latency") as up, httpx.AsyncClient(base_url=up.http_url, timeout=10) as client:
+
+        async def probe(event: dict[str, Any], sent: float) -> None:
+            path = f"/events/{event['topic']}/{event['event_id']}"
+            while True:  # polling is the measurement: the first GET that finds the event
+                if (await client.get(path)).status_code == 200:
+                    found.append(time.perf_counter() - sent)
+                    return
+                await asyncio.sleep(0.002)
+
+        probes: list[asyncio.Task[None]] = []
+        interval = batch / rate
+        next_send = time.perf_counter()
+        for n, chunk in enumerate(batches):
+            sent = time.perf_counter()
+            resp = await client.post(
+                "/publish", content=orjson.dumps(chunk), headers={"content-type": "application/json"}
+            )
+            resp.raise_for_status()
+            if n % sample_every == 0:
+                probes.append(asyncio.create_task(probe(chunk[0], sent)))
+            next_send += interval
+            await asyncio.sleep(max(0.0, next_send - time.perf_counter()))
+        await asyncio.gather(*probes)
+    return {"rate": rate, "seconds": seconds, **percentiles(found)}
+
+
+async def stats_under_load(events: int, dup: float, topics: int, every: float = 0.01) -> dict[str, Any]:
+    """``GET /stats`` every ``every`` seconds while the native workload is published flat out."""
+    workload = make_workload(events, dup, topics)
+    timings: list[float] = []
+    async with UpProcess("stats-load") as up, httpx.AsyncClient(base_url=up.http_url, timeout=10) as client:
+        stop = asyncio.Event()
+
+        async def poll() -> None:
+            while not stop.is_set():
+                started = time.perf_counter()
+                (await client.get("/stats")).raise_for_status()
+                timings.append(time.perf_counter() - started)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), every)
+
+        poller = asyncio.create_task(poll())
+        await send_nats(up.nats_url, workload.batches(1000), 4, show_progress=False)
+        stop.set()
+        await poller
+    return {"events": events, **percentiles(timings)}

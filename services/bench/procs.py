@@ -1,0 +1,87 @@
+"""Processes under measurement: ``logmesh up`` and its sink, with their memory."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from services.common.processes import environment, free_port, python_command, spawn, stop_process
+
+
+class UpProcess:
+    """``logmesh up`` on a fresh temporary directory and free ports, as its own process tree."""
+
+    def __init__(self, name: str, data_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"logmesh-bench-{name}-"))
+        self._own_dir = data_dir is None
+        self.http_port, self.nats_port = free_port(), free_port()
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
+        self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
+        self._env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def __aenter__(self) -> UpProcess:
+        args = ["up", "--data-dir", str(self.data_dir), "--http-port", str(self.http_port)]
+        args += ["--nats-port", str(self.nats_port), "--log-level", "warning"]
+        self.proc = spawn(python_command(*args), env=environment(self._env), stdout=subprocess.DEVNULL)
+        await wait_ready(self.http_url, 60)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            await stop_process(self.proc, timeout=60)
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def sink_pid(self) -> int | None:
+        """The sink is the one Python child of ``up`` (the other child is nats-server)."""
+        assert self.proc is not None
+        for pid in children(self.proc.pid):
+            if "sink" in _cmdline(pid):
+                return pid
+        return None
+
+
+async def wait_ready(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get(url + "/readyz")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{url} was not ready in {timeout:g} s")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """The process's peak resident memory so far (VmHWM), in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
