@@ -10,6 +10,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 
+import uvloop
 from starlette.applications import Starlette
 
 from services.common.http import bound_port, make_server
@@ -35,7 +36,8 @@ def run(main: Main) -> int:
             loop.add_signal_handler(sig, on_signal, sig)
         return await main(stopping) or 0
 
-    return asyncio.run(runner())
+    # uvloop: the same asyncio API, a faster event loop (every service here is loop-bound).
+    return uvloop.run(runner())
 
 
 async def serve_http(

@@ -91,10 +91,11 @@ async def close(nc: Client) -> None:
         if nc.is_connected:
             await nc.drain()
             return
-    except (nats.errors.Error, TimeoutError, OSError) as exc:
+    except (nats.errors.Error, TimeoutError, OSError, RuntimeError) as exc:
         log.warning("drain failed (%s); closing", exc or type(exc).__name__)
-    # The socket may already be gone; closing then only releases the client's tasks.
-    with contextlib.suppress(nats.errors.Error, OSError):
+    # The socket may already be gone (uvloop then raises RuntimeError); closing only releases the
+    # client's tasks.
+    with contextlib.suppress(nats.errors.Error, OSError, RuntimeError):
         await nc.close()
 
 

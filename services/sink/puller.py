@@ -44,6 +44,8 @@ class Puller:
         self._max_bytes = max_bytes
         self._buffer: deque[RawMsg] = deque()
         self._arrived = asyncio.Event()
+        self._filled = asyncio.Event()
+        self._oldest_at = 0.0
         self._request_ended = asyncio.Event()
         self._inbox = nc.new_inbox()
         self._requests = 0
@@ -86,9 +88,13 @@ class Puller:
             if subject == self._open_reply and headers is not None and b" 100" not in headers[:16]:
                 self._end_request()
             return
+        if not self._buffer:
+            self._oldest_at = time.monotonic()
         self._buffer.append((subject, reply, headers, data))
         self._received += 1
         self._arrived.set()
+        if len(self._buffer) >= self._batch:
+            self._filled.set()
         if subject == self._open_reply:
             self._open_remaining -= 1
             if self._open_remaining <= 0:
@@ -100,8 +106,11 @@ class Puller:
         # The next request goes out from take(), which may await; wake it if it waits.
         self._arrived.set()
 
-    async def take(self, limit: int, wait: float) -> list[RawMsg]:
-        """Up to ``limit`` buffered messages in delivery order; waits at most ``wait`` seconds for one."""
+    async def take(self, limit: int, wait: float, linger: float = 0.0) -> list[RawMsg]:
+        """Up to ``limit`` buffered messages in delivery order; waits at most ``wait`` seconds for one,
+        then until a full batch is buffered or the oldest message has waited ``linger`` seconds. Every
+        commit costs about 20 ms whatever its size, so a short linger under moderate load saves CPU
+        for the rest of the machine at a small cost in latency."""
         if not self._buffer:
             self._arrived.clear()
             await self._request()
@@ -112,14 +121,23 @@ class Puller:
             if not self._buffer:
                 await self._request()
                 return []
+        remaining = self._oldest_at + linger - time.monotonic()
+        if len(self._buffer) < limit and remaining > 0 and self._pulling:
+            self._filled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._filled.wait(), remaining)
         n = min(limit, len(self._buffer))
         msgs = [self._buffer.popleft() for _ in range(n)]
+        if self._buffer:
+            self._oldest_at = time.monotonic()
         await self._request()
         return msgs
 
     def wake(self) -> None:
         """Ends a ``take`` that is waiting, e.g. because the service is stopping."""
+        self._pulling = False
         self._arrived.set()
+        self._filled.set()
 
     @property
     def buffered(self) -> int:

@@ -64,7 +64,7 @@ class Sink:
             self.ready = True
             log.info("sink ready: stream %s, consumer %s, store %s", s.stream, s.consumer, s.db_path)
             while not stopping.is_set():
-                msgs = await puller.take(s.batch_size, wait=0.5)
+                msgs = await puller.take(s.batch_size, wait=0.5, linger=s.linger)
                 if msgs:
                     await self._process(msgs, stopping)
             # Graceful stop: let the open pull request end, then commit and ack what it delivered.

@@ -11,6 +11,9 @@ class SinkSettings(ServiceSettings):
     data_dir: Path = Field(Path("data"), description="directory of the DuckDB file")
     consumer: str = Field("sink", description="durable consumer name")
     batch_size: int = Field(5000, ge=1, le=100_000, description="most messages committed in one transaction")
+    linger: float = Field(
+        0.05, ge=0, le=5, description="seconds a partial batch may wait for more messages before it commits"
+    )
     ack_wait: float = Field(30.0, gt=0, description="seconds JetStream waits for an ack before redelivering")
     max_ack_pending: int = Field(50_000, ge=1, description="most unacknowledged messages the consumer hands out")
     memory_limit: str = Field("1GB", description="DuckDB memory limit")

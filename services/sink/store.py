@@ -12,7 +12,9 @@ crafted MD5 collision with a stored event is caught and dead-lettered, never sil
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -127,7 +129,7 @@ class Store:
     def _run(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Executes and reads the whole result: DuckDB refuses other work on a connection while a
         result is unfinished, even an INSERT's count."""
-        return self._db.execute(sql, params).fetchall()
+        return self._db.execute(_parsed(sql), params).fetchall()
 
     def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
@@ -142,7 +144,7 @@ class Store:
 
     def load(self) -> StoreState:
         run = self._run
-        run(SCHEMA)
+        self._db.execute(SCHEMA).fetchall()
         version = run("SELECT value FROM meta WHERE key = 'schema_version'")
         if not version:
             run("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
@@ -203,7 +205,12 @@ class Store:
         con = self._db
         con.register("incoming", _incoming(msgs))
         try:
-            decoded = con.sql(DECODE_SQL).to_arrow_table()
+            with warnings.catch_warnings():
+                # "Arrow output on a DB-API result makes an extra copy": a few columns of one batch,
+                # against planning this query twice through the relation API.
+                warnings.simplefilter("ignore", UserWarning)
+                decoded = con.execute(_parsed(DECODE_SQL)).to_arrow_table()
+            assert decoded is not None
         finally:
             con.unregister("incoming")
         decoded = decoded.combine_chunks()
@@ -412,6 +419,13 @@ def _event_dicts(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 def _iso(naive_utc: datetime) -> str:
     return naive_utc.isoformat() + "Z"
+
+
+@functools.cache
+def _parsed(sql: str) -> duckdb.Statement:
+    """Statements run for every batch are parsed once."""
+    [statement] = duckdb.extract_statements(sql)
+    return statement
 
 
 def _first_deliveries(seq: pa.ChunkedArray, committed: SeqRanges) -> pa.Array:
