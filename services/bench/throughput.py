@@ -66,11 +66,17 @@ CEILING_CONSUMER = "ceiling"
 
 
 async def ceiling(events: int, dup: float, topics: int) -> dict[str, Any]:
-    """A bare core publisher (with ``Nats-Msg-Id``) and a bare consumer (pull requests answered into a
-    raw subscription, one ack-all per request, no validation, no database) in two processes against one
-    nats-server: the most this machine and nats-py move, and what logmesh is compared with."""
+    """A bare core publisher (pre-encoded, with ``Nats-Msg-Id``) and a bare consumer (pull requests
+    answered into a raw subscription, one ack-all per request, no validation, no database) in two
+    processes against one nats-server: the most this machine and nats-py move, and what logmesh is
+    compared with. The publisher asks for PubAcks only to pace itself: without them nats-server drops
+    what its stream ingest queue cannot hold ("excessive stream ingest rate")."""
     workload = make_workload(events, dup, topics)
-    commands = [hpub(f"logs.{e['topic']}".encode(), _id_block(e), orjson.dumps(e)) for e in workload.events]
+    inbox = f"_INBOX.ceiling.{time.time_ns()}"
+    commands = [
+        hpub(f"logs.{e['topic']}".encode(), _id_block(e), orjson.dumps(e), f"{inbox}.{n}".encode())
+        for n, e in enumerate(workload.events)
+    ]
     store = Path(tempfile.mkdtemp(prefix="logmesh-bench-ceiling-"))
     server = EmbeddedNats(store, port=free_port())
     await server.start()
@@ -82,16 +88,30 @@ async def ceiling(events: int, dup: float, topics: int) -> dict[str, Any]:
             name=CEILING_CONSUMER, durable_name=CEILING_CONSUMER, ack_policy=AckPolicy.ALL, max_ack_pending=-1
         )
         await js.add_consumer("LOGS", config)
+        acked = _Count()
+
+        def on_ack(subject: bytes, reply: bytes, headers: bytes | None, data: bytes) -> None:
+            acked.received += 1
+            acked.request_done.set()
+
+        await nc.subscribe_raw(inbox + ".*", on_ack)
         context = multiprocessing.get_context("spawn")
         receiving, sending = context.Pipe(duplex=False)
         consumer = context.Process(target=_consume, args=(server.url, workload.unique, sending), daemon=True)
         consumer.start()
         assert receiving.recv() == "ready"
         started = time.time()
+        window = 20_000
         for i in range(0, len(commands), 1000):
+            while i - acked.received > window:
+                acked.request_done.clear()
+                await acked.request_done.wait()
             await nc.publish_many(commands[i : i + 1000])
         await nc.flush()
-        finished: float = await asyncio.to_thread(receiving.recv)
+        if not await asyncio.to_thread(receiving.poll, 300):
+            consumer.kill()
+            raise TimeoutError("the ceiling consumer did not receive every message within 300 s")
+        finished: float = receiving.recv()
         consumer.join(10)
         await nc.close()
     finally:
