@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 
 from services.cli.runner import run, serve_http
 from services.common.logs import setup_logging
@@ -48,6 +49,10 @@ def query_command(args: argparse.Namespace) -> int:
 def sink_command(args: argparse.Namespace) -> int:
     settings = settings_from_args(SinkSettings, args)
     setup_logging(settings.log_level, settings.log_format)
+
+    # A file-size limit (ulimit -f) then fails the write with an error the sink reports and retries,
+    # as it does for a full disk, instead of killing the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     async def main(stopping: asyncio.Event) -> int:
         await Sink(settings).run(stopping)

@@ -35,6 +35,7 @@ class ServiceSettings(CommonSettings):
     """What every service needs: where NATS is, and the common settings."""
 
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
+    failpoints: str = Field("", description="testing aid: name=action,... (see services/common/failpoints.py)")
 
 
 class HttpSettings(ServiceSettings):

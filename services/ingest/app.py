@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from services.common.failpoints import Failpoints
 from services.common.fastnats import FastClient
 from services.common.http import EXCEPTION_HANDLERS, ApiError, FastJSONResponse, health_routes
 from services.common.jetstream import close, connect, log_subject, wait_for_stream
@@ -40,6 +41,7 @@ class Ingest:
         self.publisher: AckedPublisher | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._failpoints = Failpoints(settings.failpoints)
 
     async def start(self) -> None:
         self._connecting = asyncio.create_task(self._connect())
@@ -96,6 +98,7 @@ class Ingest:
                 f"JetStream did not store every event ({reason}); retrying is safe",
                 headers=RETRY_AFTER,
             )
+        self._failpoints.hit("ingest.after_publish")
         return FastJSONResponse(
             {"accepted": len(events), "duplicates": result.duplicates, "stored": len(events) - result.duplicates},
             status_code=202,

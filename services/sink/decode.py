@@ -46,6 +46,12 @@ class Delivery:
         return cls(int(tokens[base + 1]), int(tokens[base]), int(tokens[base + 3]))
 
 
+def delivery_count(reply: bytes) -> int:
+    """How many times JetStream has delivered the message, read from its ack subject."""
+    tokens = reply.split(b".", 7)
+    return int(tokens[4] if reply.count(b".") == 8 else tokens[6])
+
+
 @dataclass(slots=True)
 class Row:
     topic: str

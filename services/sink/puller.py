@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Iterable
 
+import nats
 import orjson
 from nats.aio.subscription import Subscription
 
 from services.common.fastnats import FastClient, pub
 from services.sink.decode import RawMsg
+
+log = logging.getLogger("logmesh.sink")
 
 ACK = b"+ACK"
 IN_PROGRESS = b"+WPI"
@@ -139,6 +143,9 @@ class Puller:
         self._arrived.set()
         self._filled.set()
 
+    def held(self) -> list[RawMsg]:
+        return list(self._buffer)
+
     @property
     def buffered(self) -> int:
         return len(self._buffer)
@@ -161,11 +168,18 @@ class Puller:
 
     async def settle(self, msgs: list[RawMsg], terminate: dict[int, str]) -> None:
         """Acks every message, except those at the positions in ``terminate``, which are terminated with
-        their reason: all in one write."""
-        await self._nc.publish_many(
+        their reason: all in one write. Without a connection the acks are lost, which is safe: JetStream
+        redelivers the messages and the sink recognises them as committed."""
+        await self._send(
             pub(m[1], b"+TERM " + terminate[i][:200].encode() if i in terminate else ACK) for i, m in enumerate(msgs)
         )
 
     async def in_progress(self, msgs: Iterable[RawMsg]) -> None:
         """Resets ``ack_wait`` for messages still being worked on, so JetStream does not redeliver them."""
-        await self._nc.publish_many(pub(m[1], IN_PROGRESS) for m in msgs)
+        await self._send(pub(m[1], IN_PROGRESS) for m in msgs)
+
+    async def _send(self, commands: Iterable[bytes]) -> None:
+        try:
+            await self._nc.publish_many(commands)
+        except (nats.errors.Error, OSError) as exc:
+            log.warning("acks not sent (%s); JetStream will redeliver", exc or type(exc).__name__)

@@ -15,13 +15,14 @@ import time
 from importlib.metadata import version
 from typing import Any
 
-from services.common.failpoints import Failpoints
+from services.common.failpoints import POISON_MARKER, Failpoints
 from services.common.fastnats import FastClient
 from services.common.jetstream import close, connect, ensure_consumer, wait_for_stream
-from services.sink.decode import RawMsg
+from services.sink.decode import Delivery, RawMsg, delivery_count
 from services.sink.endpoints import DeadLettersQuery, EventQuery, EventsQuery, start_query_service
 from services.sink.puller import Puller
 from services.sink.settings import SinkSettings
+from services.sink.suspects import CrashJournal
 from services.sink.writer import Writer
 
 log = logging.getLogger("logmesh.sink")
@@ -35,21 +36,25 @@ async def _wake_on(stopping: asyncio.Event, puller: Puller) -> None:
 class Sink:
     def __init__(self, settings: SinkSettings) -> None:
         self.settings = settings
-        self.writer = Writer(settings)
         self.failpoints = Failpoints(settings.failpoints)
+        self.writer = Writer(settings, self.failpoints)
         self.started = time.time()
         self.ready = False
         self.last_error: str | None = None
         self.last_commit_at: float | None = None
         self.batches = 0
         self._puller: Puller | None = None
+        self._in_flight: list[RawMsg] = []
+        self._journal = CrashJournal(settings.data_dir / "suspect.json")
 
     async def run(self, stopping: asyncio.Event) -> None:
         s = self.settings
         await self.writer.open()
+        self._journal.load()
         nc: FastClient | None = None
         service = None
         waker: asyncio.Task[None] | None = None
+        keeper: asyncio.Task[None] | None = None
         try:
             nc = await connect(s.nats_url, "logmesh-sink", stopping=stopping)
             js = nc.jetstream()
@@ -61,20 +66,22 @@ class Sink:
             self._puller = puller = Puller(nc, s.stream, s.consumer, batch=s.batch_size, max_buffered=2 * s.batch_size)
             await puller.start()
             waker = asyncio.create_task(_wake_on(stopping, puller))
+            keeper = asyncio.create_task(self._keep_in_progress(puller))
             self.ready = True
             log.info("sink ready: stream %s, consumer %s, store %s", s.stream, s.consumer, s.db_path)
             while not stopping.is_set():
                 msgs = await puller.take(s.batch_size, wait=0.5, linger=s.linger)
                 if msgs:
-                    await self._process(msgs, stopping)
+                    await self._handle(msgs, stopping)
             # Graceful stop: let the open pull request end, then commit and ack what it delivered.
             await puller.stop(grace=3.0)
             while msgs := await puller.take(s.batch_size, wait=0):
-                await self._process(msgs, stopping)
+                await self._handle(msgs, stopping)
         finally:
             self.ready = False
-            if waker is not None:
-                waker.cancel()
+            for task in (waker, keeper):
+                if task is not None:
+                    task.cancel()
             if service is not None:
                 await service.stop()
             if nc is not None:
@@ -82,11 +89,54 @@ class Sink:
             await self.writer.close()
             log.info("sink stopped")
 
+    async def _handle(self, msgs: list[RawMsg], stopping: asyncio.Event) -> None:
+        """Commits a batch. A message delivered more than ``poison_after`` times may be what keeps
+        stopping the sink: such messages are committed one by one, under the crash journal
+        (suspects.py), so that the one to blame is set aside and the others are not held back."""
+        limit = self.settings.poison_after
+        counts = [delivery_count(m[1]) for m in msgs]
+        if max(counts) <= limit:
+            await self._process(msgs, stopping)
+            return
+        first = [m for m, n in zip(msgs, counts, strict=True) if n <= limit]
+        if first:
+            await self._process(first, stopping)
+        for msg, n in zip(msgs, counts, strict=True):
+            if n <= limit:
+                continue
+            seq = Delivery.from_reply(msg[1]).stream_seq
+            crashes = self._journal.convicted(seq)
+            if crashes is not None:
+                reason = f"the sink stopped {crashes} times while processing it alone (delivery {n})"
+                await self._process([msg], stopping, refuse=reason)
+                continue
+            self._journal.begin(seq)
+            await self._process([msg], stopping)
+            self._journal.end()
+
+    async def _keep_in_progress(self, puller: Puller) -> None:
+        """Tells JetStream, every third of ``ack_wait``, that the messages held here (buffered, or in a
+        batch being committed, however slowly) are being worked on, so it does not redeliver them."""
+        while True:
+            await asyncio.sleep(self.settings.ack_wait / 3)
+            held = [*puller.held(), *self._in_flight]
+            if held:
+                await puller.in_progress(held)
+
     async def _process(self, msgs: list[RawMsg], stopping: asyncio.Event, refuse: str | None = None) -> bool:
         """Commits a batch, then settles it with JetStream. While the store is broken it keeps
-        retrying (and tells JetStream the batch is in progress); False only when stopping first."""
+        retrying; False only when stopping first."""
+        self._in_flight = msgs
+        try:
+            return await self._commit(msgs, stopping, refuse)
+        finally:
+            self._in_flight = []
+
+    async def _commit(self, msgs: list[RawMsg], stopping: asyncio.Event, refuse: str | None) -> bool:
         delay = 0.25
         self.failpoints.hit("sink.before_commit")
+        if refuse is None and self.failpoints.active("sink.poison") and any(POISON_MARKER in m[3] for m in msgs):
+            self.failpoints.hit("sink.poison")  # stands for a crash while decoding the message
         while True:
             started = time.perf_counter()
             try:
@@ -117,8 +167,6 @@ class Sink:
                 return await self._isolate(msgs, stopping)
             if stopping.is_set():
                 return False
-            assert self._puller is not None
-            await self._puller.in_progress(msgs)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -132,10 +180,10 @@ class Sink:
 
     async def _isolate(self, msgs: list[RawMsg], stopping: asyncio.Event) -> bool:
         if len(msgs) == 1:
-            return await self._process(msgs, stopping, refuse=f"the store refused it: {self.last_error}")
+            return await self._commit(msgs, stopping, f"the store refused it: {self.last_error}")
         half = len(msgs) // 2
         for part in (msgs[:half], msgs[half:]):
-            if not await self._process(part, stopping):
+            if not await self._commit(part, stopping, None):
                 return False
         return True
 

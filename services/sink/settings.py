@@ -14,6 +14,12 @@ class SinkSettings(ServiceSettings):
     linger: float = Field(
         0.05, ge=0, le=5, description="seconds a partial batch may wait for more messages before it commits"
     )
+    poison_after: int = Field(
+        5,
+        ge=1,
+        description="deliveries after which a message is committed on its own, under the crash journal that "
+        "sets aside a message the sink keeps stopping on",
+    )
     ack_wait: float = Field(30.0, gt=0, description="seconds JetStream waits for an ack before redelivering")
     max_ack_pending: int = Field(50_000, ge=1, description="most unacknowledged messages the consumer hands out")
     memory_limit: str = Field("640MB", description="DuckDB memory limit (the sink stays under 1 GiB at 10 M events)")
@@ -21,7 +27,6 @@ class SinkSettings(ServiceSettings):
         1, ge=1, le=64, description="DuckDB worker threads (one leaves the other cores to NATS and Python)"
     )
     checkpoint_threshold: str = Field("1GB", description="WAL size that triggers a DuckDB checkpoint")
-    failpoints: str = Field("", description="testing aid: name=kill,... (see services/common/failpoints.py)")
 
     @property
     def db_path(self) -> Path:

@@ -27,6 +27,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from services.common.failpoints import Failpoints
 from services.sink.counters import Counters, TopicCounts
 from services.sink.decode import RawMsg, SlowDecoded, decode_slow, refused
 from services.sink.fastpath import DECODE_SQL
@@ -113,7 +114,15 @@ class CommitResult:
 
 
 class Store:
-    def __init__(self, path: Path, *, memory_limit: str, checkpoint_threshold: str, threads: int = 1) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        memory_limit: str,
+        checkpoint_threshold: str,
+        threads: int = 1,
+        failpoints: Failpoints | None = None,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = duckdb.connect(
@@ -121,6 +130,7 @@ class Store:
             config={"memory_limit": memory_limit, "checkpoint_threshold": checkpoint_threshold, "threads": threads},
         )
         self._readers = threading.local()
+        self._failpoints = failpoints or Failpoints("")
         self._next_id = 0
         self._next_dead_id = 0
 
@@ -202,6 +212,7 @@ class Store:
     ) -> CommitResult:
         """Decodes and writes a batch in one transaction. Called from one thread only. With ``refuse``,
         every new message is kept as a dead letter with that reason instead."""
+        self._failpoints.hit("sink.slow_commit")
         con = self._db
         con.register("incoming", _incoming(msgs))
         try:
@@ -268,6 +279,7 @@ class Store:
                 self._save_counters(updated, changed)
                 self._run("DELETE FROM committed_seqs")
                 self._insert_from("committed_seqs", _ranges_table(committed))
+                self._failpoints.hit("sink.mid_transaction")
         finally:
             with contextlib.suppress(duckdb.Error):
                 con.unregister("candidates")

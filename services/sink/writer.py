@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TypeVar
 
+from services.common.failpoints import Failpoints
 from services.sink.counters import Counters
 from services.sink.decode import RawMsg
 from services.sink.seqranges import SeqRanges
@@ -20,8 +21,9 @@ T = TypeVar("T")
 
 
 class Writer:
-    def __init__(self, settings: SinkSettings) -> None:
+    def __init__(self, settings: SinkSettings, failpoints: Failpoints) -> None:
         self._settings = settings
+        self.failpoints = failpoints
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-writer")
         self._store: Store | None = None
         self.counters = Counters()
@@ -49,6 +51,7 @@ class Writer:
                 memory_limit=s.memory_limit,
                 checkpoint_threshold=s.checkpoint_threshold,
                 threads=s.db_threads,
+                failpoints=self.failpoints,
             )
             try:
                 state = store.load()
