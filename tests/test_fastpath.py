@@ -222,7 +222,7 @@ def _plain(value: Any) -> bool:
         return False
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(messages(), min_size=1, max_size=20))
 def test_the_fast_path_agrees_with_the_reference_decoder(msgs: list[tuple[bytes, bytes, bytes | None, bytes]]) -> None:
     for row, msg in zip(fast_decode(msgs), msgs, strict=True):

@@ -15,7 +15,8 @@ from pydantic import Field
 from starlette.applications import Starlette
 
 from services.common.embedded import EmbeddedNats
-from services.common.http import EXCEPTION_HANDLERS, bound_port, health_routes, make_server
+from services.common.http import EXCEPTION_HANDLERS, bound_port, health_routes, make_server, openapi_route
+from services.common.openapi import HEALTH_PATHS, INGEST_PATHS, QUERY_PATHS, openapi
 from services.common.processes import python_command, spawn, stop_process
 from services.common.settings import CommonSettings, flag_name
 from services.ingest.app import Ingest, ingest_routes
@@ -45,8 +46,10 @@ def combined_app(ingest_settings: IngestSettings, query_settings: QuerySettings)
         await query.stop()
         await ingest.stop()
 
+    spec = openapi("logmesh", INGEST_PATHS, QUERY_PATHS, HEALTH_PATHS)
+    health = health_routes([ingest.readiness, query.readiness])
     return Starlette(
-        routes=[*ingest_routes(ingest), *query_routes(query), *health_routes([ingest.readiness, query.readiness])],
+        routes=[*ingest_routes(ingest), *query_routes(query), *health, openapi_route(spec)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

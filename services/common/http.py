@@ -128,6 +128,15 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
+def openapi_route(spec: dict[str, Any]) -> Route:
+    body = orjson.dumps(spec)
+
+    async def serve(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    return Route("/openapi.json", serve, methods=["GET"])
+
+
 def make_server(app: Starlette, host: str, port: int) -> EmbeddedServer:
     config = uvicorn.Config(
         app,

@@ -53,8 +53,21 @@ def to_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-Topic = Annotated[str, Field(strict=True), AfterValidator(check_topic)]
-EventId = Annotated[str, Field(strict=True), AfterValidator(check_event_id)]
+# The JSON schema states the rules for the OpenAPI description; the validators enforce them (the
+# topic rule is cheaper in Python with its cache; "printable" has no exact JSON-schema form).
+Topic = Annotated[
+    str,
+    Field(
+        strict=True,
+        json_schema_extra={"minLength": 1, "maxLength": TOPIC_MAX, "pattern": r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"},
+    ),
+    AfterValidator(check_topic),
+]
+EventId = Annotated[
+    str,
+    Field(strict=True, json_schema_extra={"minLength": 1, "maxLength": EVENT_ID_MAX, "pattern": r"^\S(.*\S)?$"}),
+    AfterValidator(check_event_id),
+]
 # strict: only ISO-8601 strings, not numbers that lax mode would read as Unix time.
 Timestamp = Annotated[datetime, Field(strict=True), AfterValidator(to_utc)]
 Source = Annotated[str, Field(strict=True, min_length=1, max_length=SOURCE_MAX)]
@@ -137,7 +150,8 @@ def field_errors(error: ValidationError, *, batch: bool) -> list[FieldError]:
         index: int | None = None
         if batch and loc and isinstance(loc[0], int):
             index = int(loc.pop(0))
-        field = ".".join(str(part) for part in loc) or None
+        # An empty key is shown as "" so that it still names something.
+        field = ".".join(str(part) if part != "" else '""' for part in loc) or None
         message = _MESSAGES.get(item["type"], item["msg"])
         out.append(FieldError(index=index, field=field, message=message))
     return out

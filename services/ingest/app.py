@@ -19,9 +19,10 @@ from starlette.routing import Route
 
 from services.common.failpoints import Failpoints
 from services.common.fastnats import FastClient
-from services.common.http import EXCEPTION_HANDLERS, ApiError, FastJSONResponse, health_routes
+from services.common.http import EXCEPTION_HANDLERS, ApiError, FastJSONResponse, health_routes, openapi_route
 from services.common.jetstream import close, connect, log_subject, wait_for_stream
 from services.common.model import EVENT_ADAPTER
+from services.common.openapi import HEALTH_PATHS, INGEST_PATHS, openapi
 from services.common.publisher import AckedPublisher, Outgoing, duplicates_by_topic, receipt_message
 from services.ingest.body import check_content_type, parse_events, read_body
 from services.ingest.settings import IngestSettings
@@ -136,8 +137,9 @@ def create_app(settings: IngestSettings) -> Starlette:
         yield
         await ingest.stop()
 
+    spec = openapi("logmesh ingest", INGEST_PATHS, HEALTH_PATHS)
     return Starlette(
-        routes=[*ingest_routes(ingest), *health_routes([ingest.readiness])],
+        routes=[*ingest_routes(ingest), *health_routes([ingest.readiness]), openapi_route(spec)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

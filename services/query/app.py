@@ -24,9 +24,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.common.http import EXCEPTION_HANDLERS, ApiError, FastJSONResponse, health_routes
+from services.common.http import EXCEPTION_HANDLERS, ApiError, FastJSONResponse, health_routes, openapi_route
 from services.common.jetstream import QUERY_SUBJECT_PREFIX, close, connect
 from services.common.model import check_event_id, check_topic
+from services.common.openapi import HEALTH_PATHS, QUERY_PATHS, openapi
 from services.query.settings import QuerySettings
 
 log = logging.getLogger("logmesh.query")
@@ -218,8 +219,9 @@ def create_app(settings: QuerySettings) -> Starlette:
         yield
         await query.stop()
 
+    spec = openapi("logmesh query", QUERY_PATHS, HEALTH_PATHS)
     return Starlette(
-        routes=[*query_routes(query), *health_routes([query.readiness])],
+        routes=[*query_routes(query), *health_routes([query.readiness]), openapi_route(spec)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

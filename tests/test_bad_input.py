@@ -1,0 +1,149 @@
+"""Bad input: every input is accepted or rejected with a message naming what is wrong and where;
+nothing raises anything else, nothing is half-published, no service stops."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from services.common.http import ApiError
+from services.common.model import EVENT_ADAPTER, Event, field_errors
+from services.ingest.body import parse_events
+from tests.harness import Up, event, nats_publish
+
+pytestmark = pytest.mark.timeout(120)
+
+json_values: Any = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=15,
+)
+FIELDS = ["topic", "event_id", "timestamp", "source", "payload"]
+event_like = st.dictionaries(st.sampled_from([*FIELDS, "extra", ""]), json_values, max_size=7)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(event_like, json_values))
+def test_the_model_accepts_or_names_the_field(value: Any) -> None:
+    raw = json.dumps(value).encode()  # stdlib: any integer, NaN as NaN
+    try:
+        accepted = EVENT_ADAPTER.validate_json(raw)
+    except ValidationError as exc:
+        errors = field_errors(exc, batch=False)
+        assert errors and all(e.message for e in errors)
+        if isinstance(value, dict):
+            assert all(e.field for e in errors), errors  # an object's problems are always a field's
+    else:
+        assert isinstance(accepted, Event)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(st.binary(max_size=300), st.lists(event_like, max_size=5).map(lambda v: json.dumps(v).encode())))
+def test_any_request_body_is_events_or_a_clear_4xx(body: bytes) -> None:
+    try:
+        events, _ = parse_events(body, max_batch=10)
+    except ApiError as exc:
+        assert exc.status in (400, 422) and exc.message
+        assert all(d["message"] for d in exc.details)
+    else:
+        assert 1 <= len(events) <= 10
+
+
+# ---- HTTP abuse, against a real logmesh up --------------------------------------------------------
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_streaming(make_up: Any) -> None:
+    up = make_up({"LOGMESH_MAX_BODY_BYTES": "100000"})
+
+    def chunks() -> Any:
+        yield b"["
+        for _ in range(1000):  # ~250 kB, with no Content-Length
+            yield orjson.dumps(event()) + b","
+        yield b"{}]"
+
+    resp = up.http.post("/publish", content=chunks(), headers={"content-type": "application/json"})
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "payload_too_large"
+
+
+def test_a_body_that_trickles_in_times_out(make_up: Any) -> None:
+    up = make_up({"LOGMESH_BODY_TIMEOUT": "1"})
+    with socket.create_connection(("127.0.0.1", up.http_port), timeout=10) as s:
+        s.sendall(
+            b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n["
+        )
+        started = time.monotonic()
+        reply = s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b'"request_timeout"' in reply
+    assert time.monotonic() - started < 5
+
+
+def test_a_batch_of_ten_thousand_events_is_accepted(up: Up) -> None:
+    events = [event(f"t{i % 7}", f"big-{i}") for i in range(10_000)]
+    resp = up.http.post("/publish", content=orjson.dumps(events), headers={"content-type": "application/json"})
+    assert resp.status_code == 202 and resp.json()["accepted"] == 10_000
+    assert up.settled_stats(arrived=10_000)["unique_processed"] == 10_000
+
+
+@pytest.mark.parametrize("depth", [50, 5000])
+def test_deeply_nested_payloads(up: Up, depth: int) -> None:
+    nested = '{"a":' * depth + "1" + "}" * depth
+    fields = f'"topic":"deep","event_id":"d{depth}","timestamp":"2026-11-22T10:00:00Z","source":"s"'
+    body = ("{" + fields + ',"payload":' + nested + "}").encode()
+    resp = up.http.post("/publish", content=body, headers={"content-type": "application/json"})
+    if depth == 50:
+        assert resp.status_code == 202
+    else:
+        assert resp.status_code == 400 and "recursion" in resp.json()["error"]["message"]
+
+
+def test_the_service_survives_a_barrage_of_bad_requests(up: Up) -> None:
+    bad = [
+        (b"\xff" * 1000, "application/json"),
+        (b"{" * 100_000, "application/json"),
+        (b'[{"topic": 1}]' * 3, "application/json"),
+        (b"null", "application/json"),
+        (b'{"a":1}', "application/xml"),
+        (b'"just a string"', "application/json; charset=utf-8"),
+    ]
+    for body, media in bad:
+        resp = up.http.post("/publish", content=body, headers={"content-type": media})
+        assert 400 <= resp.status_code < 500, (body[:20], resp.status_code)
+        assert set(resp.json()) == {"error"}
+    assert up.http.get("/healthz").status_code == 200
+    assert up.publish(event("after", "ok")).status_code == 202
+
+
+# ---- raw NATS garbage -----------------------------------------------------------------------------
+
+
+def test_large_and_odd_nats_messages(up: Up) -> None:
+    megabyte_text = b"x" * 1_000_000
+    megabyte_binary = bytes(range(256)) * 3900
+    nats_publish(
+        up.nats_url,
+        [
+            ("logs.big", megabyte_text, {"Nats-Msg-Id": "big:text"}),
+            ("logs.big", megabyte_binary, {"Nats-Msg-Id": "big:binary"}),
+            ("logs.big", b'{"event_id": ["not", "a", "string"]}', None),
+            ("logs.big", b'{"topic": "big", "event_id": "ok", "payload": {"n": 1}}', None),
+        ],
+    )
+    stats = up.settled_stats(arrived=4, timeout=60)
+    assert (stats["unique_processed"], stats["invalid"]) == (2, 2)
+    text = up.http.get("/events/big/text").json()
+    assert len(text["payload"]["message"]) == 1_000_000
+    letters = up.http.get("/dead-letters").json()["dead_letters"]
+    binary = next(d for d in letters if "UTF-8" in d["reason"])
+    assert binary["body_bytes"] == len(megabyte_binary) and binary["body_truncated"]
+    with httpx.Client(base_url=up.url) as client:
+        assert client.get("/readyz").status_code == 200
