@@ -18,6 +18,7 @@ import httpx
 import nats
 import orjson
 
+from services.bench import truth
 from services.common.jetstream import ensure_stream
 from services.common.processes import free_port, nats_server_binary
 from services.common.settings import ServiceSettings
@@ -267,28 +268,11 @@ def delete_message(url: str, seq: int, stream: str = "LOGS") -> None:
     asyncio.run(go())
 
 
-def stream_truth(url: str, stream: str = "LOGS") -> dict[str, int]:
-    """What the stream itself holds, to hold the sink's counters against: log messages (each one the
-    sink must count once as received) and the window duplicates reported by the receipts."""
-
+def stream_truth(url: str) -> dict[str, int]:
     async def go() -> dict[str, int]:
         nc = await nats.connect(url)
         try:
-            js = nc.jetstream()
-            info = await js.stream_info(stream, subjects_filter=">")
-            subjects = info.state.subjects or {}
-            receipts = subjects.get("logmesh.receipts", 0)
-            window = 0
-            if receipts:
-                sub = await js.pull_subscribe("logmesh.receipts", stream=stream)
-                seen = 0
-                while seen < receipts:
-                    for msg in await sub.fetch(min(1000, receipts - seen), timeout=5):
-                        window += sum(orjson.loads(msg.data)["window_duplicates"].values())
-                        seen += 1
-                await sub.unsubscribe()
-            logs = sum(n for subject, n in subjects.items() if subject.startswith("logs."))
-            return {"received": logs, "window": window}
+            return await truth.stream_truth(nc)
         finally:
             await nc.close()
 
@@ -296,15 +280,14 @@ def stream_truth(url: str, stream: str = "LOGS") -> dict[str, int]:
 
 
 def stored_keys(url: str) -> list[tuple[str, str]]:
-    """Every (topic, event_id) the sink has stored, read page by page over NATS."""
-    keys: list[tuple[str, str]] = []
-    after = 0
-    while True:
-        page = sink_request(url, "events", {"after": after, "limit": 1000})
-        keys += [(e["topic"], e["event_id"]) for e in page]
-        if len(page) < 1000:
-            return keys
-        after = page[-1]["id"]
+    async def go() -> list[tuple[str, str]]:
+        nc = await nats.connect(url)
+        try:
+            return await truth.stored_keys(nc)
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
 
 
 def settled(url: str, stream: str = "LOGS", consumer: str = "sink") -> bool:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from services.bench import command as bench
+from services.bench import soak
 from services.cli import commands, services
 
 
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.register(sub)
     services.register(sub)
     bench.register(sub)
+    soak.register(sub)
     return parser
 
 

@@ -283,7 +283,8 @@ class Store:
         finally:
             with contextlib.suppress(duckdb.Error):
                 con.unregister("candidates")
-        self._next_id += sum(inserted.values())
+        # Ids were numbered over every candidate; those that met a stored key leave gaps, never reuse.
+        self._next_id += candidates.num_rows
         self._next_dead_id += len(slow.dead_letters)
         return sum(inserted.values()), updated
 

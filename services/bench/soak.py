@@ -1,0 +1,221 @@
+"""``logmesh soak``: minutes of load while every service is killed at random, then the reckoning.
+
+nats-server, sink, ingest and query run as separate processes. Two publishers send (over HTTP, and
+straight into JetStream), retrying with the same ids as clients do; every few seconds one service is
+SIGKILLed and restarted. At the end: events sent, distinct, stored, lost (must be 0), stored twice
+or counted wrong (must be 0), checked against the store's keys and the stream's own contents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.bench import truth
+from services.cli.runner import run
+from services.cli.workload import Workload, make_workload, send_http, send_nats
+from services.common.embedded import EmbeddedNats
+from services.common.jetstream import connect
+from services.common.logs import setup_logging
+from services.common.processes import free_port, python_command, spawn, stop_process
+from services.common.settings import ENV_PREFIX, add_settings_arguments, settings_from_args
+
+
+class SoakSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX + "SOAK_", extra="ignore", frozen=True)
+
+    duration: float = Field(120.0, gt=0, description="seconds of load and kills")
+    rate: int = Field(2000, ge=100, description="events per second, split between the two publishers")
+    kill_every: float = Field(4.0, gt=0, description="mean seconds between kills")
+    seed: int = Field(1, description="random seed for the workload and the kills")
+    data_dir: Path | None = Field(None, description="keep everything here instead of a temporary directory")
+
+
+class Services:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.nats = EmbeddedNats(root / "nats", port=free_port())
+        self.ingest_port, self.query_port = free_port(), free_port()
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.kills: dict[str, int] = {"nats": 0, "sink": 0, "ingest": 0, "query": 0}
+
+    def _args(self, name: str) -> list[str]:
+        url = ["--nats-url", self.nats.url, "--log-level", "error", "--duplicate-window", "5"]
+        return {
+            "sink": ["sink", *url, "--data-dir", str(self.root / "data"), "--ack-wait", "5"],
+            "ingest": ["ingest", *url, "--http-port", str(self.ingest_port)],
+            "query": ["query", *url, "--http-port", str(self.query_port)],
+        }[name]
+
+    async def start(self, name: str) -> None:
+        if name == "nats":
+            await self.nats.start()
+        else:
+            log = (self.root / f"{name}.log").open("ab")  # the child keeps writing to it
+            self.procs[name] = spawn(python_command(*self._args(name)), stdout=log, stderr=log)
+
+    async def revive(self) -> None:
+        """Starts again whatever is down, as a supervisor would."""
+        if self.nats.process is None or self.nats.process.poll() is not None:
+            await self.start("nats")
+        for name in ("sink", "ingest", "query"):
+            if self.procs[name].poll() is not None:
+                await self.start(name)
+
+    def kill(self, name: str) -> None:
+        proc = self.nats.process if name == "nats" else self.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            self.kills[name] += 1
+
+    async def stop(self) -> None:
+        for proc in self.procs.values():
+            await stop_process(proc, timeout=30)
+        await self.nats.stop()
+
+
+async def _killer(services: Services, until: float, s: SoakSettings, rng: random.Random) -> None:
+    while time.monotonic() < until:
+        await asyncio.sleep(rng.expovariate(1 / s.kill_every))
+        victim = rng.choice(["nats", "sink", "ingest", "query"])
+        services.kill(victim)
+        await asyncio.sleep(rng.uniform(0.2, 2.0))
+        await services.start(victim)
+
+
+async def _paced(send: Any, batches: list[list[dict[str, Any]]], rate: float) -> int:
+    """Sends batch after batch at about ``rate`` events/s; returns the events acknowledged."""
+    accepted = 0
+    started = time.monotonic()
+    for n, batch in enumerate(batches):
+        report = await send([batch])
+        accepted += report.accepted
+        sent = sum(len(b) for b in batches[: n + 1])
+        await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
+    return accepted
+
+
+async def soak(s: SoakSettings) -> dict[str, Any]:
+    root = s.data_dir or Path(tempfile.mkdtemp(prefix="logmesh-soak-"))
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(s.seed)
+    services = Services(root)
+    for name in ("nats", "sink", "ingest", "query"):
+        await services.start(name)
+    ingest_url = f"http://127.0.0.1:{services.ingest_port}"
+    await _wait(lambda: httpx.get(ingest_url + "/readyz").status_code == 200, 60)
+    half = int(s.rate * s.duration / 2)
+    over_http = make_workload(half, 0.35, 10, run_id=f"http{s.seed}", seed=s.seed)
+    over_nats = make_workload(half, 0.35, 10, run_id=f"nats{s.seed}", seed=s.seed + 1)
+    until = time.monotonic() + s.duration
+
+    async def via_http(batches: list[list[dict[str, Any]]]) -> Any:
+        return await send_http(ingest_url, batches, 1, show_progress=False)
+
+    async def via_nats(batches: list[list[dict[str, Any]]]) -> Any:
+        return await send_nats(services.nats.url, batches, 1, show_progress=False)
+
+    try:
+        killer = asyncio.create_task(_killer(services, until, s, rng))
+        sent = await asyncio.gather(
+            _paced(via_http, over_http.batches(200), s.rate / 2),
+            _paced(via_nats, over_nats.batches(200), s.rate / 2),
+        )
+        await killer
+        await services.revive()
+        everything = Workload(over_http.events + over_nats.events, over_http.unique + over_nats.unique)
+        result = await _reckon(services, everything)
+        result.update(sent=sum(sent), kills=services.kills, seconds=s.duration)
+        return result
+    finally:
+        await services.stop()
+        if s.data_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+async def _wait(condition: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if await asyncio.to_thread(condition):
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.2)
+    raise TimeoutError("services did not come up")
+
+
+async def _reckon(services: Services, workload: Workload) -> dict[str, Any]:
+    """Once the sink has caught up: what was lost, what was stored twice, what was counted wrong."""
+    nc = await connect(services.nats.url, "logmesh-soak")
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                stats = await truth.sink_stats(nc)
+                consumer = await js.consumer_info("LOGS", "sink")
+            except (nats.errors.Error, TimeoutError):
+                stats = None  # the sink is still starting
+            if stats and consumer.num_pending == 0 and consumer.num_ack_pending == 0:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("the sink did not catch up within 300 s")
+            await asyncio.sleep(0.5)
+        stream, keys = await truth.stream_truth(nc), await truth.stored_keys(nc)
+    finally:
+        await nc.close()
+    wanted = {(e["topic"], e["event_id"]) for e in workload.events}
+    stored = set(keys)
+    miscounted = {
+        "received": stats["received"] - stream["received"],
+        "window": stats["duplicates"]["window"] - stream["window"],
+        "unique": stats["unique_processed"] - len(stored),
+    }
+    return {
+        "distinct": len(wanted),
+        "stored": len(keys),
+        "lost": len(wanted - stored),
+        "stored_twice": len(keys) - len(stored),
+        "unexpected": len(stored - wanted),
+        "miscounted": {k: v for k, v in miscounted.items() if v},
+        "invariant_holds": stats["invariant_holds"],
+        "counters": {k: stats[k] for k in ("received", "unique_processed", "duplicates", "invalid", "arrived")},
+    }
+
+
+def soak_command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(SoakSettings, args)
+    setup_logging("warning", "text")
+
+    async def main(stopping: asyncio.Event) -> int:
+        print(f"soak: {settings.duration:g} s at {settings.rate:,} events/s, a kill every ~{settings.kill_every:g} s")
+        r = await soak(settings)
+        print(f"  events sent {r['sent']:,} ({r['distinct']:,} distinct), stored {r['stored']:,}")
+        print(f"  kills: {', '.join(f'{k} {v}' for k, v in r['kills'].items())}")
+        print(f"  lost {r['lost']}, stored twice {r['stored_twice']}, counted wrong {r['miscounted'] or 0}")
+        print(f"  counters {r['counters']}, invariant {'holds' if r['invariant_holds'] else 'BROKEN'}")
+        ok = not (r["lost"] or r["stored_twice"] or r["unexpected"] or r["miscounted"]) and r["invariant_holds"]
+        return 0 if ok else 1
+
+    return run(main)
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    text = "minutes of load with random kills of every service; reports lost and double-counted events"
+    parser = commands.add_parser("soak", help=text, description=text)
+    add_settings_arguments(parser, SoakSettings)
+    parser.set_defaults(handler=soak_command)

@@ -1,0 +1,51 @@
+"""What the stream and the store hold, read independently of the sink's own counters, to check them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from nats.aio.client import Client
+
+from services.common.jetstream import QUERY_SUBJECT_PREFIX, RECEIPT_SUBJECT
+
+
+async def stream_truth(nc: Client, stream: str = "LOGS") -> dict[str, int]:
+    """Log messages in the stream (each one the sink must count once as received) and the window
+    duplicates its receipts report."""
+    js = nc.jetstream()
+    info = await js.stream_info(stream, subjects_filter=">")
+    subjects = info.state.subjects or {}
+    receipts = subjects.get(RECEIPT_SUBJECT, 0)
+    window = 0
+    if receipts:
+        sub = await js.pull_subscribe(RECEIPT_SUBJECT, stream=stream)
+        seen = 0
+        while seen < receipts:
+            for msg in await sub.fetch(min(1000, receipts - seen), timeout=10):
+                window += sum(orjson.loads(msg.data)["window_duplicates"].values())
+                seen += 1
+        await sub.unsubscribe()
+    logs = sum(n for subject, n in subjects.items() if subject.startswith("logs."))
+    return {"received": logs, "window": window}
+
+
+async def stored_keys(nc: Client) -> list[tuple[str, str]]:
+    """Every (topic, event_id) the sink has stored, read page by page over NATS."""
+    keys: list[tuple[str, str]] = []
+    after = 0
+    while True:
+        reply = await nc.request(
+            f"{QUERY_SUBJECT_PREFIX}.events", orjson.dumps({"after": after, "limit": 1000}), timeout=30
+        )
+        page: list[dict[str, Any]] = orjson.loads(reply.data)
+        keys += [(e["topic"], e["event_id"]) for e in page]
+        if len(page) < 1000:
+            return keys
+        after = page[-1]["id"]
+
+
+async def sink_stats(nc: Client) -> dict[str, Any]:
+    reply = await nc.request(f"{QUERY_SUBJECT_PREFIX}.stats", b"{}", timeout=10)
+    stats: dict[str, Any] = orjson.loads(reply.data)
+    return stats
