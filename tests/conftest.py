@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness import NatsServer, Service, Up
+
+# Every sink a test starts serves its metrics on a port of its own.
+os.environ.setdefault("LOGMESH_METRICS_PORT", "0")
 
 
 @pytest.fixture

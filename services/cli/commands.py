@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 from pydantic import Field, model_validator
 
 from services.cli.observe import render_stats, wait_until_drained
@@ -38,8 +39,8 @@ def up_command(args: argparse.Namespace) -> int:
             await stack.stop()
             return 1
         print(
-            f"logmesh is up: {stack.http_url}  (POST /publish, GET /stats /events /dead-letters /readyz)"
-            f"  NATS {stack.nats_url}  data {settings.data_dir}",
+            f"logmesh is up: {stack.http_url}  (dashboard /, POST /publish, GET /stats /events /metrics)"
+            f"  NATS {stack.nats_url}  sink metrics :{settings.metrics_port}  data {settings.data_dir}",
             flush=True,
         )
         await stopping.wait()
@@ -125,6 +126,7 @@ def demo_command(args: argparse.Namespace) -> int:
         host=settings.host,
         http_port=settings.http_port,
         nats_port=settings.nats_port or free_port(),
+        metrics_port=0,
     )
     workload = make_workload(settings.events, settings.dup, settings.topics, settings.run_id)
 
@@ -178,7 +180,27 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         ("up", UpSettings, up_command, "run everything: embedded NATS, sink, ingest and query on one port"),
         ("demo", DemoSettings, demo_command, "run everything on a temporary directory and send the seed workload"),
         ("publish", PublishSettings, publish_command, "send a workload with duplicates over HTTP or NATS"),
+        ("stats", StatsSettings, stats_command, "print the counters as a table"),
     ):
         parser = commands.add_parser(name, help=text, description=text)
         add_settings_arguments(parser, settings_cls)
         parser.set_defaults(handler=handler)
+
+
+class StatsSettings(CommonSettings):
+    url: str = Field("http://127.0.0.1:8080", description="query service URL")
+    raw: bool = Field(False, description="print the JSON as the query service answers it, not a table")
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(StatsSettings, args)
+    try:
+        stats = httpx.get(settings.url.rstrip("/") + "/stats", timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"logmesh stats: cannot reach {settings.url}: {exc}", file=sys.stderr)
+        return 1
+    if stats.status_code != 200:
+        print(f"logmesh stats: {stats.status_code} {stats.text}", file=sys.stderr)
+        return 1
+    print(stats.text if settings.raw else render_stats(stats.json()))
+    return 0

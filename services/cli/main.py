@@ -7,7 +7,7 @@ import sys
 
 from services.bench import command as bench
 from services.bench import soak
-from services.cli import commands, services
+from services.cli import commands, services, tail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.register(sub)
     services.register(sub)
+    tail.register(sub)
     bench.register(sub)
     soak.register(sub)
     return parser

@@ -7,21 +7,20 @@ import asyncio
 import contextlib
 import logging
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from pydantic import Field
 from starlette.applications import Starlette
 
 from services.common.embedded import EmbeddedNats
-from services.common.http import EXCEPTION_HANDLERS, bound_port, health_routes, make_server, openapi_route
-from services.common.openapi import HEALTH_PATHS, INGEST_PATHS, QUERY_PATHS, openapi
+from services.common.http import bound_port, build_app, make_server
 from services.common.processes import python_command, spawn, stop_process
 from services.common.settings import CommonSettings, flag_name
-from services.ingest.app import Ingest, ingest_routes
+from services.ingest.app import Ingest
 from services.ingest.settings import IngestSettings
-from services.query.app import Query, query_routes
+from services.query.app import Query
 from services.query.settings import QuerySettings
 
 log = logging.getLogger("logmesh")
@@ -33,26 +32,12 @@ class UpSettings(CommonSettings):
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP port for ingest and query (0 picks one)")
     nats_port: int = Field(4222, ge=1, le=65535, description="port of the embedded nats-server")
     nats_url: str | None = Field(None, description="use this NATS server instead of starting one")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="port of the sink's Prometheus endpoint")
 
 
 def combined_app(ingest_settings: IngestSettings, query_settings: QuerySettings) -> Starlette:
-    ingest, query = Ingest(ingest_settings), Query(query_settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await ingest.start()
-        await query.start()
-        yield
-        await query.stop()
-        await ingest.stop()
-
-    spec = openapi("logmesh", INGEST_PATHS, QUERY_PATHS, HEALTH_PATHS)
-    health = health_routes([ingest.readiness, query.readiness])
-    return Starlette(
-        routes=[*ingest_routes(ingest), *query_routes(query), *health, openapi_route(spec)],
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
-    )
+    registry = CollectorRegistry()
+    return build_app("logmesh", [Ingest(ingest_settings, registry), Query(query_settings)], registry)
 
 
 class Stack:
@@ -74,6 +59,7 @@ class Stack:
     def sink_command(self) -> list[str]:
         flags = {
             **self._common(),
+            "metrics_port": self.settings.metrics_port,
             "log_level": self.sink_log_level,
             "nats_url": self.nats_url,
             "data_dir": self.settings.data_dir,

@@ -9,16 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import orjson
 import uvicorn
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from services.common.metrics import RequestMetrics, metrics_route
+from services.common.openapi import HEALTH_PATHS, openapi
 
 log = logging.getLogger("logmesh.http")
 
@@ -135,6 +140,44 @@ def openapi_route(spec: dict[str, Any]) -> Route:
         return Response(body, media_type="application/json")
 
     return Route("/openapi.json", serve, methods=["GET"])
+
+
+class Component(Protocol):
+    """A service's part of an HTTP app: its routes and their OpenAPI paths, what it needs started
+    and stopped, and whether it is ready."""
+
+    openapi_paths: dict[str, Any]
+
+    def routes(self) -> list[Route]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def readiness(self) -> dict[str, Any]: ...
+
+
+def build_app(title: str, components: Sequence[Component], registry: CollectorRegistry) -> Starlette:
+    """One Starlette app serving the components' routes, with ``/healthz``, ``/readyz``,
+    ``/openapi.json`` and ``/metrics``, the one error shape, and request metrics."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for component in components:
+            await component.start()
+        yield
+        for component in reversed(components):
+            await component.stop()
+
+    spec = openapi(title, *(c.openapi_paths for c in components), HEALTH_PATHS)
+    routes = [route for c in components for route in c.routes()]
+    routes += [*health_routes([c.readiness for c in components]), openapi_route(spec), metrics_route(registry)]
+    return Starlette(
+        routes=routes,
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+        middleware=[Middleware(RequestMetrics, registry=registry, routes=routes)],
+    )
 
 
 def make_server(app: Starlette, host: str, port: int) -> EmbeddedServer:

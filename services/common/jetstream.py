@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
@@ -97,6 +98,41 @@ async def close(nc: Client) -> None:
     # client's tasks.
     with contextlib.suppress(nats.errors.Error, OSError, RuntimeError):
         await nc.close()
+
+
+class NatsLink:
+    """A connection made in the background, so that an HTTP service starts at once and answers 503
+    until NATS is reachable; ``on_connect`` finishes the setup (declare the stream, ...)."""
+
+    def __init__(self, url: str, name: str, on_connect: Callable[[FastClient], Awaitable[None]] | None = None) -> None:
+        self.url, self.name = url, name
+        self.nc: FastClient | None = None
+        self._on_connect = on_connect
+        self._connecting: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        self._connecting = asyncio.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        nc = await connect(self.url, self.name, stopping=self._stopping)
+        if self._on_connect is not None:
+            await self._on_connect(nc)
+        self.nc = nc
+        log.info("%s connected to %s", self.name, self.url)
+
+    def client(self) -> FastClient | None:
+        """The connection, while it is up."""
+        return self.nc if self.nc is not None and self.nc.is_connected else None
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await self._connecting
+        if self.nc is not None:
+            await close(self.nc)
 
 
 def stream_config(settings: CommonSettings) -> StreamConfig:

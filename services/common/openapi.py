@@ -162,6 +162,12 @@ INGEST_PATHS: dict[str, Any] = {
 }
 
 QUERY_PATHS: dict[str, Any] = {
+    "/": {
+        "get": {
+            "summary": "The live dashboard (HTML)",
+            "responses": {"200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }
+    },
     "/stats": {"get": {"summary": "Counters, topics, lag", "responses": _responses("200", "Stats", "503", "504")}},
     "/events": {
         "get": {

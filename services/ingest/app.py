@@ -6,12 +6,10 @@ JetStream dropped are on their way to the counters (their receipt was acked too)
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,10 +17,10 @@ from starlette.routing import Route
 
 from services.common.failpoints import Failpoints
 from services.common.fastnats import FastClient
-from services.common.http import EXCEPTION_HANDLERS, ApiError, FastJSONResponse, health_routes, openapi_route
-from services.common.jetstream import close, connect, log_subject, wait_for_stream
+from services.common.http import ApiError, FastJSONResponse, build_app
+from services.common.jetstream import NatsLink, log_subject, wait_for_stream
 from services.common.model import EVENT_ADAPTER
-from services.common.openapi import HEALTH_PATHS, INGEST_PATHS, openapi
+from services.common.openapi import INGEST_PATHS
 from services.common.publisher import AckedPublisher, Outgoing, duplicates_by_topic, receipt_message
 from services.ingest.body import check_content_type, parse_events, read_body
 from services.ingest.settings import IngestSettings
@@ -36,38 +34,36 @@ class Ingest:
     """Holds the NATS connection; connects in the background so the HTTP side starts at once and
     answers 503 until JetStream is reachable."""
 
-    def __init__(self, settings: IngestSettings) -> None:
+    openapi_paths = INGEST_PATHS
+
+    def __init__(self, settings: IngestSettings, registry: CollectorRegistry) -> None:
         self.settings = settings
-        self.nc: FastClient | None = None
+        self._events = Counter(
+            "logmesh_ingest_events_total",
+            "Events ingest published, by JetStream's answer",
+            ["outcome"],
+            registry=registry,
+        )
         self.publisher: AckedPublisher | None = None
-        self._connecting: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self.link = NatsLink(settings.nats_url, "logmesh-ingest", self._declare)
         self._failpoints = Failpoints(settings.failpoints)
 
-    async def start(self) -> None:
-        self._connecting = asyncio.create_task(self._connect())
-
-    async def _connect(self) -> None:
-        nc = await connect(self.settings.nats_url, "logmesh-ingest", stopping=self._stopping)
+    async def _declare(self, nc: FastClient) -> None:
         await wait_for_stream(nc.jetstream(), self.settings)
-        publisher = AckedPublisher(nc)
-        await publisher.start()
-        self.nc, self.publisher = nc, publisher
-        log.info("ingest connected to %s", self.settings.nats_url)
+        self.publisher = AckedPublisher(nc)
+        await self.publisher.start()
+
+    async def start(self) -> None:
+        await self.link.start()
 
     async def stop(self) -> None:
-        self._stopping.set()
-        if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await self._connecting
-        if self.nc is not None:
-            await close(self.nc)
+        await self.link.stop()
 
     def _ready_publisher(self) -> tuple[FastClient, AckedPublisher]:
-        if self.nc is None or self.publisher is None or not self.nc.is_connected:
+        nc = self.link.client()
+        if nc is None or self.publisher is None:
             raise ApiError(503, "unavailable", "JetStream is not reachable; retry later", headers=RETRY_AFTER)
-        return self.nc, self.publisher
+        return nc, self.publisher
 
     async def publish(self, request: Request) -> Response:
         s = self.settings
@@ -99,6 +95,8 @@ class Ingest:
                 f"JetStream did not store every event ({reason}); retrying is safe",
                 headers=RETRY_AFTER,
             )
+        self._events.labels("stored").inc(len(events) - result.duplicates)
+        self._events.labels("duplicate").inc(result.duplicates)
         self._failpoints.hit("ingest.after_publish")
         return FastJSONResponse(
             {"accepted": len(events), "duplicates": result.duplicates, "stored": len(events) - result.duplicates},
@@ -112,34 +110,21 @@ class Ingest:
                 503, "unavailable", "the duplicate receipt was not stored; retrying is safe", headers=RETRY_AFTER
             )
 
+    def routes(self) -> list[Route]:
+        return [Route("/publish", self.publish, methods=["POST"])]
+
     async def readiness(self) -> dict[str, Any]:
-        connected = self.nc is not None and self.nc.is_connected
-        detail: dict[str, Any] = {"ok": False, "connected": connected}
-        if connected and self.nc is not None:
+        nc = self.link.client()
+        detail: dict[str, Any] = {"ok": False, "connected": nc is not None}
+        if nc is not None:
             try:
-                info = await self.nc.jetstream().stream_info(self.settings.stream)
+                info = await nc.jetstream().stream_info(self.settings.stream)
                 detail.update(ok=True, stream=info.config.name, messages=info.state.messages)
             except Exception as exc:
                 detail["error"] = str(exc) or type(exc).__name__
         return {"jetstream": detail}
 
 
-def ingest_routes(ingest: Ingest) -> list[Route]:
-    return [Route("/publish", ingest.publish, methods=["POST"])]
-
-
-def create_app(settings: IngestSettings) -> Starlette:
-    ingest = Ingest(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await ingest.start()
-        yield
-        await ingest.stop()
-
-    spec = openapi("logmesh ingest", INGEST_PATHS, HEALTH_PATHS)
-    return Starlette(
-        routes=[*ingest_routes(ingest), *health_routes([ingest.readiness]), openapi_route(spec)],
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
-    )
+def create_app(settings: IngestSettings, registry: CollectorRegistry | None = None) -> Starlette:
+    registry = registry or CollectorRegistry()
+    return build_app("logmesh ingest", [Ingest(settings, registry)], registry)

@@ -7,27 +7,28 @@ request/reply and reads lag and size straight from JetStream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from importlib import resources
 from typing import Any
 
 import orjson
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from services.common.http import EXCEPTION_HANDLERS, ApiError, FastJSONResponse, health_routes, openapi_route
-from services.common.jetstream import QUERY_SUBJECT_PREFIX, close, connect
+from services.common.http import ApiError, FastJSONResponse, build_app
+from services.common.jetstream import QUERY_SUBJECT_PREFIX, NatsLink
 from services.common.model import check_event_id, check_topic
-from services.common.openapi import HEALTH_PATHS, QUERY_PATHS, openapi
+from services.common.openapi import QUERY_PATHS
 from services.query.settings import QuerySettings
 
 log = logging.getLogger("logmesh.query")
@@ -37,33 +38,24 @@ MAX_LIMIT = 1000
 
 
 class Query:
+    openapi_paths = QUERY_PATHS
+
     def __init__(self, settings: QuerySettings) -> None:
         self.settings = settings
-        self.nc: Client | None = None
         self.started = time.time()
-        self._connecting: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self.link = NatsLink(settings.nats_url, "logmesh-query")
 
     async def start(self) -> None:
-        self._connecting = asyncio.create_task(self._connect())
-
-    async def _connect(self) -> None:
-        self.nc = await connect(self.settings.nats_url, "logmesh-query", stopping=self._stopping)
-        log.info("query connected to %s", self.settings.nats_url)
+        await self.link.start()
 
     async def stop(self) -> None:
-        self._stopping.set()
-        if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await self._connecting
-        if self.nc is not None:
-            await close(self.nc)
+        await self.link.stop()
 
     def _client(self) -> Client:
-        if self.nc is None or not self.nc.is_connected:
+        nc = self.link.client()
+        if nc is None:
             raise ApiError(503, "unavailable", "NATS is not reachable; retry later", headers=RETRY_AFTER)
-        return self.nc
+        return nc
 
     async def ask_sink(self, endpoint: str, query: dict[str, Any], timeout: float | None = None) -> Any:
         nc = self._client()
@@ -152,8 +144,20 @@ class Query:
         next_cursor = str(letters[-1]["id"]) if len(letters) == query["limit"] else None
         return FastJSONResponse({"dead_letters": letters, "count": len(letters), "next_cursor": next_cursor})
 
+    async def dashboard(self, request: Request) -> Response:
+        return HTMLResponse(_dashboard())
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/", self.dashboard, methods=["GET"]),
+            Route("/stats", self.stats, methods=["GET"]),
+            Route("/events", self.list_events, methods=["GET"]),
+            Route("/events/{topic}/{event_id:path}", self.get_event, methods=["GET"]),
+            Route("/dead-letters", self.list_dead_letters, methods=["GET"]),
+        ]
+
     async def readiness(self) -> dict[str, Any]:
-        nats_ok = self.nc is not None and self.nc.is_connected
+        nats_ok = self.link.client() is not None
         sink: dict[str, Any] = {"ok": False}
         if nats_ok:
             try:
@@ -162,6 +166,12 @@ class Query:
             except ApiError as exc:
                 sink["error"] = exc.message
         return {"nats": {"ok": nats_ok}, "sink": sink}
+
+
+@functools.cache
+def _dashboard() -> str:
+    """The live dashboard: one page, no build step; it polls /stats, /events and /dead-letters."""
+    return resources.files("services.query").joinpath("dashboard.html").read_text(encoding="utf-8")
 
 
 def _invalid(field: str, message: str) -> ApiError:
@@ -201,27 +211,6 @@ def _order(raw: str | None, default: bool = False) -> bool:
     return raw == "desc"
 
 
-def query_routes(query: Query) -> list[Route]:
-    return [
-        Route("/stats", query.stats, methods=["GET"]),
-        Route("/events", query.list_events, methods=["GET"]),
-        Route("/events/{topic}/{event_id:path}", query.get_event, methods=["GET"]),
-        Route("/dead-letters", query.list_dead_letters, methods=["GET"]),
-    ]
-
-
-def create_app(settings: QuerySettings) -> Starlette:
-    query = Query(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await query.start()
-        yield
-        await query.stop()
-
-    spec = openapi("logmesh query", QUERY_PATHS, HEALTH_PATHS)
-    return Starlette(
-        routes=[*query_routes(query), *health_routes([query.readiness]), openapi_route(spec)],
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
-    )
+def create_app(settings: QuerySettings, registry: CollectorRegistry | None = None) -> Starlette:
+    registry = registry or CollectorRegistry()
+    return build_app("logmesh query", [Query(settings)], registry)

@@ -10,16 +10,21 @@ before it, delivered or not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from importlib.metadata import version
 from typing import Any
+
+import nats
+from nats.js import JetStreamContext
 
 from services.common.failpoints import POISON_MARKER, Failpoints
 from services.common.fastnats import FastClient
 from services.common.jetstream import close, connect, ensure_consumer, wait_for_stream
 from services.sink.decode import Delivery, RawMsg, delivery_count
 from services.sink.endpoints import DeadLettersQuery, EventQuery, EventsQuery, start_query_service
+from services.sink.metrics import SinkMetrics
 from services.sink.puller import Puller
 from services.sink.settings import SinkSettings
 from services.sink.suspects import CrashJournal
@@ -46,6 +51,7 @@ class Sink:
         self._puller: Puller | None = None
         self._in_flight: list[RawMsg] = []
         self._journal = CrashJournal(settings.data_dir / "suspect.json")
+        self.metrics = SinkMetrics(self)
 
     async def run(self, stopping: asyncio.Event) -> None:
         s = self.settings
@@ -55,6 +61,7 @@ class Sink:
         service = None
         waker: asyncio.Task[None] | None = None
         keeper: asyncio.Task[None] | None = None
+        lag: asyncio.Task[None] | None = None
         try:
             nc = await connect(s.nats_url, "logmesh-sink", stopping=stopping)
             js = nc.jetstream()
@@ -65,10 +72,19 @@ class Sink:
             service, _ = await start_query_service(nc, self, version("logmesh"))
             self._puller = puller = Puller(nc, s.stream, s.consumer, batch=s.batch_size, max_buffered=2 * s.batch_size)
             await puller.start()
+            port = self.metrics.serve(s.metrics_host, s.metrics_port)
             waker = asyncio.create_task(_wake_on(stopping, puller))
+            lag = asyncio.create_task(self._watch_lag(js))
             keeper = asyncio.create_task(self._keep_in_progress(puller))
             self.ready = True
-            log.info("sink ready: stream %s, consumer %s, store %s", s.stream, s.consumer, s.db_path)
+            metrics_at = f"{s.metrics_host}:{port}" if port else "nowhere"
+            log.info(
+                "sink ready: stream %s, consumer %s, store %s, metrics at %s",
+                s.stream,
+                s.consumer,
+                s.db_path,
+                metrics_at,
+            )
             while not stopping.is_set():
                 msgs = await puller.take(s.batch_size, wait=0.5, linger=s.linger)
                 if msgs:
@@ -79,7 +95,7 @@ class Sink:
                 await self._handle(msgs, stopping)
         finally:
             self.ready = False
-            for task in (waker, keeper):
+            for task in (waker, keeper, lag):
                 if task is not None:
                     task.cancel()
             if service is not None:
@@ -113,6 +129,18 @@ class Sink:
             self._journal.begin(seq)
             await self._process([msg], stopping)
             self._journal.end()
+
+    async def _watch_lag(self, js: JetStreamContext) -> None:
+        while True:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                info = await js.consumer_info(self.settings.stream, self.settings.consumer)
+                self.metrics.pending.set(info.num_pending or 0)
+                self.metrics.ack_pending.set(info.num_ack_pending or 0)
+            await asyncio.sleep(5)
+
+    @property
+    def buffered(self) -> int:
+        return self._puller.buffered if self._puller else 0
 
     async def _keep_in_progress(self, puller: Puller) -> None:
         """Tells JetStream, every third of ``ack_wait``, that the messages held here (buffered, or in a
@@ -149,7 +177,9 @@ class Sink:
                 self.ready, self.last_error = True, None
                 self.last_commit_at = time.time()
                 self.batches += 1
-                log.debug(
+                self.metrics.batch_size.observe(len(msgs))
+                self.metrics.commit_seconds.observe(time.perf_counter() - started)
+                log.info(
                     "committed %d messages: %d new events, %d redelivered, %d dead letters in %.1f ms%s",
                     len(msgs),
                     result.inserted,
@@ -199,7 +229,8 @@ class Sink:
             "last_error": self.last_error,
             "last_commit_at": self.last_commit_at,
             "batches_committed": self.batches,
-            "buffered": self._puller.buffered if self._puller else 0,
+            "buffered": self.buffered,
+            "metrics_port": self.metrics.port,
             "store_bytes": self.writer.store.file_size() if self.ready else None,
         }
         return out

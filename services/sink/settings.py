@@ -26,6 +26,8 @@ class SinkSettings(ServiceSettings):
     db_threads: int = Field(
         1, ge=1, le=64, description="DuckDB worker threads (one leaves the other cores to NATS and Python)"
     )
+    metrics_host: str = Field("127.0.0.1", description="address of the sink's Prometheus endpoint")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="port of the sink's Prometheus endpoint (0 picks one)")
     checkpoint_threshold: str = Field("1GB", description="WAL size that triggers a DuckDB checkpoint")
 
     @property
