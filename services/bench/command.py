@@ -40,6 +40,9 @@ class BenchSettings(BaseSettings):
     dup: float = Field(0.35, ge=0, lt=1, description="fraction of duplicate events")
     topics: int = Field(10, ge=1, description="number of topics")
     preload: int = Field(10_000_000, ge=0, description="events already stored for the growth part")
+    growth_events: int = Field(
+        600_000, ge=1000, description="events sent in each growth run (long enough to warm the key index)"
+    )
     json_out: Path | None = Field(None, description="also write every figure to this JSON file")
 
 
@@ -104,7 +107,7 @@ async def _bench(s: BenchSettings, parts: list[str]) -> dict[str, Any]:
     if "growth" in parts:
         out["growth"] = await _growth(s)
     if "latency" in parts:
-        runs = await _runs("publish->queryable @5,000/s", s.runs, lambda: latency.publish_to_queryable(5000, 10))
+        runs = await _runs("publish->queryable @5,000/s", s.runs, lambda: latency.publish_to_queryable(5000, 20))
         out["publish_to_queryable"] = {k: _median(runs, k) for k in ("p50_ms", "p99_ms")} | {"runs": runs}
         runs = await _runs("/stats under load", s.runs, lambda: latency.stats_under_load(n, dup, topics))
         out["stats_under_load"] = {k: _median(runs, k) for k in ("p50_ms", "p99_ms")} | {"runs": runs}
@@ -112,7 +115,7 @@ async def _bench(s: BenchSettings, parts: list[str]) -> dict[str, Any]:
 
 
 async def _growth(s: BenchSettings) -> dict[str, Any]:
-    n, dup, topics = s.events, s.dup, s.topics
+    n, dup, topics = s.growth_events, s.dup, s.topics
     empty = await _runs("sink, empty store", s.runs, lambda: growth.sink_drain(n, dup, topics, None))
     result: dict[str, Any] = {"empty": {"messages_per_second": _median(empty, "messages_per_second"), "runs": empty}}
     if s.preload:

@@ -88,6 +88,7 @@ class Stats(BaseModel):
     topics: list[TopicStats]
     uptime_seconds: float
     invariant_holds: bool
+    as_of: float = Field(description="when the figures were read (Unix time); at most a second old")
     sink: dict[str, Any]
     stream: dict[str, Any] | None = None
     consumer: dict[str, Any] | None = None

@@ -6,7 +6,6 @@ request/reply and reads lag and size straight from JetStream.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -30,6 +29,7 @@ from services.common.jetstream import QUERY_SUBJECT_PREFIX, NatsLink
 from services.common.model import check_event_id, check_topic
 from services.common.openapi import QUERY_PATHS
 from services.query.settings import QuerySettings
+from services.query.stats import StatsView
 
 log = logging.getLogger("logmesh.query")
 
@@ -44,11 +44,13 @@ class Query:
         self.settings = settings
         self.started = time.time()
         self.link = NatsLink(settings.nats_url, "logmesh-query")
+        self.view = StatsView(self.ask_sink, self._client, settings.stream, settings.consumer)
 
     async def start(self) -> None:
         await self.link.start()
 
     async def stop(self) -> None:
+        await self.view.stop()
         await self.link.stop()
 
     def _client(self) -> Client:
@@ -80,33 +82,8 @@ class Query:
     # ---- routes ------------------------------------------------------------------------------
 
     async def stats(self, request: Request) -> Response:
-        js = self._client().jetstream()
-        s = self.settings
-        stream_task = asyncio.create_task(js.stream_info(s.stream))
-        consumer_task = asyncio.create_task(js.consumer_info(s.stream, s.consumer))
-        try:
-            out: dict[str, Any] = dict(await self.ask_sink("stats", {}))
-        finally:
-            await asyncio.wait({stream_task, consumer_task})
+        out = dict(await self.view.get())
         out["uptime_seconds"] = round(time.time() - self.started, 3)
-        # Lag and size come from JetStream itself; without them the counters are still worth serving.
-        if stream_task.exception() is None:
-            stream = stream_task.result()
-            out["stream"] = {
-                "name": stream.config.name,
-                "messages": stream.state.messages,
-                "bytes": stream.state.bytes,
-                "first_seq": stream.state.first_seq,
-                "last_seq": stream.state.last_seq,
-            }
-        if consumer_task.exception() is None:
-            consumer = consumer_task.result()
-            out["consumer"] = {
-                "name": consumer.name,
-                "pending": consumer.num_pending,
-                "ack_pending": consumer.num_ack_pending,
-                "redelivered": consumer.num_redelivered,
-            }
         return FastJSONResponse(out)
 
     async def list_events(self, request: Request) -> Response:

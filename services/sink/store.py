@@ -12,7 +12,6 @@ crafted MD5 collision with a stored event is caught and dead-lettered, never sil
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 import warnings
 from collections import Counter
@@ -130,6 +129,7 @@ class Store:
             config={"memory_limit": memory_limit, "checkpoint_threshold": checkpoint_threshold, "threads": threads},
         )
         self._readers = threading.local()
+        self._statements: dict[str, duckdb.Statement] = {}
         self._failpoints = failpoints or Failpoints("")
         self._next_id = 0
         self._next_dead_id = 0
@@ -139,7 +139,15 @@ class Store:
     def _run(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Executes and reads the whole result: DuckDB refuses other work on a connection while a
         result is unfinished, even an INSERT's count."""
-        return self._db.execute(_parsed(sql), params).fetchall()
+        return self._db.execute(self._parsed(sql), params).fetchall()
+
+    def _parsed(self, sql: str) -> duckdb.Statement:
+        """Statements run for every batch are parsed once (per store: they go with its connection)."""
+        statement = self._statements.get(sql)
+        if statement is None:
+            [statement] = duckdb.extract_statements(sql)
+            self._statements[sql] = statement
+        return statement
 
     def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
@@ -186,6 +194,7 @@ class Store:
             self._run("INSERT OR REPLACE INTO meta VALUES ('probed_at', ?)", [datetime.now(UTC).isoformat()])
 
     def close(self) -> None:
+        self._statements.clear()
         self._db.close()
 
     @contextlib.contextmanager
@@ -220,7 +229,7 @@ class Store:
                 # "Arrow output on a DB-API result makes an extra copy": a few columns of one batch,
                 # against planning this query twice through the relation API.
                 warnings.simplefilter("ignore", UserWarning)
-                decoded = con.execute(_parsed(DECODE_SQL)).to_arrow_table()
+                decoded = con.execute(self._parsed(DECODE_SQL)).to_arrow_table()
             assert decoded is not None
         finally:
             con.unregister("incoming")
@@ -432,13 +441,6 @@ def _event_dicts(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 def _iso(naive_utc: datetime) -> str:
     return naive_utc.isoformat() + "Z"
-
-
-@functools.cache
-def _parsed(sql: str) -> duckdb.Statement:
-    """Statements run for every batch are parsed once."""
-    [statement] = duckdb.extract_statements(sql)
-    return statement
 
 
 def _first_deliveries(seq: pa.ChunkedArray, committed: SeqRanges) -> pa.Array:
