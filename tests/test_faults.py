@@ -5,6 +5,7 @@ event must be stored exactly once, and the invariant must hold."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import resource
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from services.cli.workload import SendReport, Workload, make_workload, send_http, send_nats
@@ -76,6 +78,30 @@ def ready_sink(service: Callable[..., Service], args: list[str], env: dict[str, 
     return sink
 
 
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def record(sent: int, wanted: set[tuple[str, str]], keys: list[tuple[str, str]], stats: dict[str, Any]) -> None:
+    """What a fault run sent and kept, for docs/reliability.md (test-artifacts/reliability.jsonl).
+    Written before the test's own assertions, so a failing run is recorded too."""
+    case = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split(" ")[0]
+    line = {
+        "case": case,
+        "sent": sent,
+        "distinct": len(wanted),
+        "stored": len(keys),
+        "lost": len(wanted - set(keys)),
+        "stored_twice": len(keys) - len(set(keys)),
+        "received": stats["received"],
+        "window": stats["duplicates"]["window"],
+        "store": stats["duplicates"]["store"],
+        "invalid": stats["invalid"],
+    }
+    ARTIFACTS.mkdir(exist_ok=True)
+    with (ARTIFACTS / "reliability.jsonl").open("a") as f:
+        f.write(orjson.dumps(line).decode() + "\n")
+
+
 def assert_exact(nats_url: str, workload: Workload) -> dict[str, Any]:
     """The sink's counters equal the stream's own truth, and every distinct event is stored once."""
     truth = stream_truth(nats_url)
@@ -86,6 +112,7 @@ def assert_exact(nats_url: str, workload: Workload) -> dict[str, Any]:
     assert stats["duplicates"]["store"] == truth["received"] - workload.unique - stats["invalid"]
     assert stats["invariant_holds"]
     keys = stored_keys(nats_url)
+    record(len(workload.events), {(e["topic"], e["event_id"]) for e in workload.events}, keys, stats)
     assert len(keys) == len(set(keys)) == workload.unique, "an event is missing or stored twice"
     assert set(keys) == {(e["topic"], e["event_id"]) for e in workload.events}
     return stats
@@ -232,10 +259,11 @@ def test_a_full_stream_refuses_with_503_rather_than_accept(
     workload = make_workload(5000, 0.0, 5, seed=18)
     accepted: list[dict[str, Any]] = []
     refused = None
+    refused_batch: list[dict[str, Any]] = []
     for batch in workload.batches(100):
         resp = httpx.post(url + "/publish", json=batch, timeout=30)
         if resp.status_code == 503:
-            refused = resp
+            refused, refused_batch = resp, batch
             break
         assert resp.status_code == 202
         accepted += batch
@@ -244,11 +272,14 @@ def test_a_full_stream_refuses_with_503_rather_than_accept(
     service(sink_args(nats, tmp_path / "data"), limits)
     wait_for(lambda: settled(nats.url), 30, "the sink to catch up")
     stats = sink_request(nats.url, "stats")
+    keys = stored_keys(nats.url)
+    record(len(accepted) + len(refused_batch), {(e["topic"], e["event_id"]) for e in accepted}, keys, stats)
     # A refused batch may have had some events stored before the stream filled: at least every
     # accepted event is stored, and nothing beyond what the stream holds.
     assert stats["unique_processed"] >= len(accepted)
     assert stats["received"] == stream_truth(nats.url)["received"]
-    assert {(e["topic"], e["event_id"]) for e in accepted} <= set(stored_keys(nats.url))
+    assert {(e["topic"], e["event_id"]) for e in accepted} <= set(keys)
+    assert len(keys) == len(set(keys))
 
 
 def test_a_slow_sink_is_not_redelivered_what_it_is_working_on(
@@ -318,7 +349,10 @@ def test_a_message_that_keeps_killing_the_sink_is_set_aside(
             sink = service(args, crash)
         time.sleep(0.1)
     stats = sink_request(nats.url, "stats")
+    keys = stored_keys(nats.url)
+    record(401, {(e["topic"], e["event_id"]) for e in workload.events}, keys, stats)
     assert (stats["unique_processed"], stats["invalid"], stats["received"]) == (400, 1, 401)
+    assert sorted(keys) == sorted((e["topic"], e["event_id"]) for e in workload.events)
     [letter] = sink_request(nats.url, "dead_letters", {"limit": 10})
     assert "stopped 2 times while processing it alone" in letter["reason"] and "LOGMESH-POISON" in letter["body"]
     assert restarts >= 3

@@ -42,6 +42,6 @@ def test_a_reopened_store_continues_the_ids(tmp_path: Path) -> None:
     state = store.load()
     assert state.counters.unique_processed == 2 and 2 in state.committed
     store.commit([message(3, "c")], state.counters, state.committed, 0)
-    ids = [e["id"] for e in store.list_events(None, 0, 10, newest_first=False)]
+    ids = [e["id"] for e in store.reader.list_events(None, 0, 10, newest_first=False)]
     store.close()
     assert ids == sorted(set(ids)) and len(ids) == 3

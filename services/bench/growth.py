@@ -20,7 +20,8 @@ from services.common.embedded import EmbeddedNats
 from services.common.jetstream import connect, wait_for_stream
 from services.common.processes import free_port, python_command, spawn, stop_process
 from services.common.settings import CommonSettings
-from services.sink.store import KEY, Store
+from services.sink.schema import KEY
+from services.sink.store import Store
 
 PRELOAD_CHUNK = 1_000_000
 
@@ -76,10 +77,14 @@ async def sink_drain(events: int, dup: float, topics: int, preloaded: Path | Non
         # From the first commit seen to the last: the store's opening is not part of the rate.
         committed = last["received"] - first["received"]
         rate = round(committed / (last["sink"]["last_commit_at"] - first["at"]))
+        rss = peak_rss_mib(sink.pid)
+        # Sized after a graceful stop: until its closing checkpoint the newest rows sit in the WAL.
+        await stop_process(sink, timeout=120)
+        sink = None
         return {
             "messages_timed": committed,
             "messages_per_second": rate,
-            "sink_peak_rss_mib": peak_rss_mib(sink.pid),
+            "sink_peak_rss_mib": rss,
             "store_rows": last["unique_processed"],
             "store_mib": round((data / "logmesh.duckdb").stat().st_size / 2**20, 1),
         }

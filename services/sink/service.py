@@ -237,11 +237,11 @@ class Sink:
 
     def list_events(self, q: EventsQuery) -> list[dict[str, Any]]:
         after = q.after if q.after or not q.newest_first else 2**63
-        return self.writer.store.list_events(q.topic, after, q.limit, q.newest_first)
+        return self.writer.store.reader.list_events(q.topic, after, q.limit, q.newest_first)
 
     def get_event(self, q: EventQuery) -> dict[str, Any] | None:
-        return self.writer.store.get_event(q.topic, q.event_id)
+        return self.writer.store.reader.get_event(q.topic, q.event_id)
 
     def list_dead_letters(self, q: DeadLettersQuery) -> list[dict[str, Any]]:
         after = q.after if q.after or not q.newest_first else 2**63
-        return self.writer.store.list_dead_letters(after, q.limit, q.newest_first)
+        return self.writer.store.reader.list_dead_letters(after, q.limit, q.newest_first)

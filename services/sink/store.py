@@ -12,7 +12,6 @@ crafted MD5 collision with a stored event is caught and dead-lettered, never sil
 from __future__ import annotations
 
 import contextlib
-import threading
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -27,67 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from services.common.failpoints import Failpoints
+from services.sink.arrow import CANDIDATE_SCHEMA, first_deliveries, incoming_table, ranges_table, rows_table
 from services.sink.counters import Counters, TopicCounts
 from services.sink.decode import RawMsg, SlowDecoded, decode_slow, refused
 from services.sink.fastpath import DECODE_SQL
+from services.sink.reads import Reader
+from services.sink.schema import KEY, SCHEMA, SCHEMA_VERSION
 from services.sink.seqranges import SeqRanges
-
-SCHEMA_VERSION = "2"
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    key UHUGEINT PRIMARY KEY,
-    id UBIGINT NOT NULL,
-    topic VARCHAR NOT NULL,
-    event_id VARCHAR NOT NULL,
-    "timestamp" TIMESTAMP NOT NULL,
-    source VARCHAR NOT NULL,
-    payload VARCHAR NOT NULL,
-    seq UBIGINT NOT NULL,
-    stored_at TIMESTAMP NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id UBIGINT NOT NULL,
-    seq UBIGINT NOT NULL,
-    subject VARCHAR NOT NULL,
-    reason VARCHAR NOT NULL,
-    headers VARCHAR,
-    body BLOB NOT NULL,
-    stored_at TIMESTAMP NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (
-    singleton BOOLEAN PRIMARY KEY DEFAULT true,
-    received UBIGINT NOT NULL,
-    unique_processed UBIGINT NOT NULL,
-    window_duplicates UBIGINT NOT NULL,
-    store_duplicates UBIGINT NOT NULL,
-    invalid UBIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS topics (
-    topic VARCHAR PRIMARY KEY,
-    unique_events UBIGINT NOT NULL,
-    window_duplicates UBIGINT NOT NULL,
-    store_duplicates UBIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS committed_seqs (lo UBIGINT NOT NULL, hi UBIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
-INSERT INTO counters VALUES (true, 0, 0, 0, 0, 0) ON CONFLICT DO NOTHING;
-"""
-
-EVENT_COLUMNS = 'id, topic, event_id, "timestamp", source, payload, seq, stored_at'
-KEY = "md5_number(topic || ':' || event_id)"
-_TS = pa.timestamp("us")
-_CANDIDATE_SCHEMA = pa.schema(
-    [
-        ("topic", pa.string()),
-        ("event_id", pa.string()),
-        ("timestamp", _TS),
-        ("source", pa.string()),
-        ("payload", pa.string()),
-        ("seq", pa.uint64()),
-    ]
-)
-# Dead letters keep the whole body; listings show its start.
-BODY_PREVIEW = 4096
 
 
 class KeyCollision(Exception):
@@ -128,7 +73,7 @@ class Store:
             str(path),
             config={"memory_limit": memory_limit, "checkpoint_threshold": checkpoint_threshold, "threads": threads},
         )
-        self._readers = threading.local()
+        self.reader = Reader(self._db)
         self._statements: dict[str, duckdb.Statement] = {}
         self._failpoints = failpoints or Failpoints("")
         self._next_id = 0
@@ -223,7 +168,7 @@ class Store:
         every new message is kept as a dead letter with that reason instead."""
         self._failpoints.hit("sink.slow_commit")
         con = self._db
-        con.register("incoming", _incoming(msgs))
+        con.register("incoming", incoming_table(msgs))
         try:
             with warnings.catch_warnings():
                 # "Arrow output on a DB-API result makes an extra copy": a few columns of one batch,
@@ -234,20 +179,20 @@ class Store:
         finally:
             con.unregister("incoming")
         decoded = decoded.combine_chunks()
-        new = _first_deliveries(decoded["seq"], committed)
+        new = first_deliveries(decoded["seq"], committed)
         fast = pc.and_(new, pc.and_(decoded["is_log"], decoded["fast"]))
         if refuse is None:
             slow_positions = pc.filter(decoded["i"], pc.and_(new, pc.invert(fast))).to_pylist()
             slow = decode_slow(msgs, slow_positions, stream_epoch)
             candidates = pa.concat_tables(
                 [
-                    decoded.filter(fast).select(_CANDIDATE_SCHEMA.names).cast(_CANDIDATE_SCHEMA),
-                    _rows_table(slow),
+                    decoded.filter(fast).select(CANDIDATE_SCHEMA.names).cast(CANDIDATE_SCHEMA),
+                    rows_table(slow),
                 ]
             )
         else:
             slow = refused(msgs, pc.filter(decoded["i"], new).to_pylist(), refuse)
-            candidates = _CANDIDATE_SCHEMA.empty_table()
+            candidates = CANDIDATE_SCHEMA.empty_table()
         new_committed = committed.union(pc.filter(decoded["seq"], new).to_pylist())
         now = datetime.now(UTC).replace(tzinfo=None)
         try:
@@ -287,7 +232,7 @@ class Store:
                 )
                 self._save_counters(updated, changed)
                 self._run("DELETE FROM committed_seqs")
-                self._insert_from("committed_seqs", _ranges_table(committed))
+                self._insert_from("committed_seqs", ranges_table(committed))
                 self._failpoints.hit("sink.mid_transaction")
         finally:
             with contextlib.suppress(duckdb.Error):
@@ -364,141 +309,5 @@ class Store:
             )
             self._insert_from("topics", changed_topics, replace=True)
 
-    # ---- reads, from any thread; they never wait for the writer --------------------------------
-
-    def _reader(self) -> duckdb.DuckDBPyConnection:
-        cursor = getattr(self._readers, "cursor", None)
-        if cursor is None:
-            cursor = self._db.cursor()
-            self._readers.cursor = cursor
-        return cursor
-
-    def list_events(self, topic: str | None, after: int, limit: int, newest_first: bool) -> list[dict[str, Any]]:
-        order, compare = ("DESC", "<") if newest_first else ("ASC", ">")
-        where = [f"id {compare} ?"]
-        params: list[Any] = [after]
-        if topic is not None:
-            where.append("topic = ?")
-            params.append(topic)
-        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?"
-        return _event_dicts(self._reader().execute(sql, [*params, limit]))
-
-    def get_event(self, topic: str, event_id: str) -> dict[str, Any] | None:
-        found = _event_dicts(
-            self._reader().execute(
-                f"SELECT {EVENT_COLUMNS} FROM events "
-                "WHERE key = md5_number(? || ':' || ?) AND topic = ? AND event_id = ?",
-                [topic, event_id, topic, event_id],
-            )
-        )
-        return found[0] if found else None
-
-    def list_dead_letters(self, after: int, limit: int, newest_first: bool) -> list[dict[str, Any]]:
-        order, compare = ("DESC", "<") if newest_first else ("ASC", ">")
-        rows = (
-            self._reader()
-            .execute(
-                "SELECT id, seq, subject, reason, headers, body, stored_at FROM dead_letters "
-                f"WHERE id {compare} ? ORDER BY id {order} LIMIT ?",
-                [after, limit],
-            )
-            .fetchall()
-        )
-        return [
-            {
-                "id": id_,
-                "seq": seq,
-                "subject": subject,
-                "reason": reason,
-                "headers": orjson.loads(headers) if headers else None,
-                "body": bytes(body[:BODY_PREVIEW]).decode("utf-8", errors="replace"),
-                "body_bytes": len(body),
-                "body_truncated": len(body) > BODY_PREVIEW,
-                "stored_at": _iso(stored_at),
-            }
-            for id_, seq, subject, reason, headers, body, stored_at in rows
-        ]
-
     def file_size(self) -> int:
         return self.path.stat().st_size if self.path.exists() else 0
-
-
-def _event_dicts(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": id_,
-            "topic": topic,
-            "event_id": event_id,
-            "timestamp": _iso(ts),
-            "source": source,
-            "payload": orjson.loads(payload),
-            "seq": seq,
-            "stored_at": _iso(stored),
-        }
-        for id_, topic, event_id, ts, source, payload, seq, stored in cursor.fetchall()
-    ]
-
-
-def _iso(naive_utc: datetime) -> str:
-    return naive_utc.isoformat() + "Z"
-
-
-def _first_deliveries(seq: pa.ChunkedArray, committed: SeqRanges) -> pa.Array:
-    """True for the messages whose sequence is neither committed already nor seen earlier in the
-    batch (JetStream redelivered it while the first copy was still buffered)."""
-    seqs = seq.combine_chunks()
-    new = pa.array([True] * len(seqs))
-    if len(seqs) == 0:
-        return new
-    bounds = pc.min_max(seqs)
-    low, high = bounds["min"].as_py(), bounds["max"].as_py()
-    for start, end in committed.ranges():
-        if end >= low and start <= high:
-            new = pc.and_(new, pc.invert(pc.and_(pc.greater_equal(seqs, start), pc.less_equal(seqs, end))))
-    if pc.count_distinct(seqs).as_py() != len(seqs):
-        repeated: set[int] = set()
-        first = []
-        for s in seqs.to_pylist():
-            first.append(s not in repeated)
-            repeated.add(s)
-        new = pc.and_(new, pa.array(first))
-    return new
-
-
-def _incoming(msgs: Sequence[RawMsg]) -> pa.Table:
-    # Several record batches, so that DuckDB decodes them on all its threads.
-    return pa.Table.from_batches(_incoming_table(msgs).to_batches(max_chunksize=max(512, len(msgs) // 4)))
-
-
-def _incoming_table(msgs: Sequence[RawMsg]) -> pa.Table:
-    return pa.table(
-        {
-            "i": pa.array(range(len(msgs)), pa.uint32()),
-            "subject": pa.array([m[0] for m in msgs], pa.binary()),
-            "reply": pa.array([m[1] for m in msgs], pa.binary()),
-            "hdr": pa.array([m[2] for m in msgs], pa.binary()),
-            "body": pa.array([m[3] for m in msgs], pa.binary()),
-        }
-    )
-
-
-def _rows_table(slow: SlowDecoded) -> pa.Table:
-    rows = slow.rows
-    return pa.table(
-        {
-            "topic": [r.topic for r in rows],
-            "event_id": [r.event_id for r in rows],
-            "timestamp": pa.array([r.timestamp for r in rows], pa.timestamp("us", tz="UTC")).cast(_TS),
-            "source": [r.source for r in rows],
-            "payload": [r.payload for r in rows],
-            "seq": pa.array([r.seq for r in rows], pa.uint64()),
-        },
-        schema=_CANDIDATE_SCHEMA,
-    )
-
-
-def _ranges_table(ranges: SeqRanges) -> pa.Table:
-    pairs = ranges.ranges()
-    return pa.table(
-        {"lo": pa.array([lo for lo, _ in pairs], pa.uint64()), "hi": pa.array([hi for _, hi in pairs], pa.uint64())}
-    )
