@@ -23,7 +23,6 @@ import orjson
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.bench import growth, latency, throughput
 from services.cli.runner import run
 from services.common.logs import setup_logging
 from services.common.settings import ENV_PREFIX, add_settings_arguments, settings_from_args
@@ -75,6 +74,8 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
 
 
 async def _bench(s: BenchSettings, parts: list[str]) -> dict[str, Any]:
+    from services.bench import latency, throughput  # only when benchmarking: they weigh on every start
+
     out: dict[str, Any] = {"machine": machine(), "runs": s.runs}
     n, dup, topics = s.events, s.dup, s.topics
     if "ceiling" in parts:
@@ -115,6 +116,8 @@ async def _bench(s: BenchSettings, parts: list[str]) -> dict[str, Any]:
 
 
 async def _growth(s: BenchSettings) -> dict[str, Any]:
+    from services.bench import growth
+
     n, dup, topics = s.growth_events, s.dup, s.topics
     empty = await _runs("sink, empty store", s.runs, lambda: growth.sink_drain(n, dup, topics, None))
     result: dict[str, Any] = {"empty": {"messages_per_second": _median(empty, "messages_per_second"), "runs": empty}}

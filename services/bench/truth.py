@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from services.common.jetstream import QUERY_SUBJECT_PREFIX, RECEIPT_SUBJECT
 
@@ -19,7 +20,9 @@ async def stream_truth(nc: Client, stream: str = "LOGS") -> dict[str, int]:
     receipts = subjects.get(RECEIPT_SUBJECT, 0)
     window = 0
     if receipts:
-        sub = await js.pull_subscribe(RECEIPT_SUBJECT, stream=stream)
+        # No acks: an ack-explicit consumer stops delivering at max_ack_pending (1,000 by default).
+        config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=60)
+        sub = await js.pull_subscribe(RECEIPT_SUBJECT, stream=stream, config=config)
         seen = 0
         while seen < receipts:
             for msg in await sub.fetch(min(1000, receipts - seen), timeout=10):

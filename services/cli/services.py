@@ -10,17 +10,19 @@ import signal
 from services.cli.runner import run, serve_http
 from services.common.logs import setup_logging
 from services.common.settings import add_settings_arguments, settings_from_args
-from services.ingest.app import create_app as create_ingest_app
 from services.ingest.settings import IngestSettings
-from services.query.app import create_app as create_query_app
 from services.query.settings import QuerySettings
-from services.sink.service import Sink
 from services.sink.settings import SinkSettings
 
 log = logging.getLogger("logmesh")
 
+# Each command imports only its own service, inside the command: the sink's DuckDB and Arrow would
+# slow the start of ingest and query and double their memory; a restarted service is back sooner.
+
 
 def ingest_command(args: argparse.Namespace) -> int:
+    from services.ingest.app import create_app
+
     settings = settings_from_args(IngestSettings, args)
     setup_logging(settings.log_level, settings.log_format)
 
@@ -28,12 +30,14 @@ def ingest_command(args: argparse.Namespace) -> int:
         def ready(port: int) -> None:
             log.info("ingest listening on http://%s:%d (POST /publish)", settings.host, port)
 
-        return await serve_http(create_ingest_app(settings), settings.host, settings.http_port, stopping, ready)
+        return await serve_http(create_app(settings), settings.host, settings.http_port, stopping, ready)
 
     return run(main)
 
 
 def query_command(args: argparse.Namespace) -> int:
+    from services.query.app import create_app
+
     settings = settings_from_args(QuerySettings, args)
     setup_logging(settings.log_level, settings.log_format)
 
@@ -41,12 +45,14 @@ def query_command(args: argparse.Namespace) -> int:
         def ready(port: int) -> None:
             log.info("query listening on http://%s:%d (GET /stats /events /dead-letters)", settings.host, port)
 
-        return await serve_http(create_query_app(settings), settings.host, settings.http_port, stopping, ready)
+        return await serve_http(create_app(settings), settings.host, settings.http_port, stopping, ready)
 
     return run(main)
 
 
 def sink_command(args: argparse.Namespace) -> int:
+    from services.sink.service import Sink
+
     settings = settings_from_args(SinkSettings, args)
     setup_logging(settings.log_level, settings.log_format)
 

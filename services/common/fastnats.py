@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -62,14 +61,22 @@ class FastParser(Parser):
     -ERR) are rare and go to nats-py's parser."""
 
     nc: FastClient
+    _raw_arg: tuple[bytes, int, bytes] | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        self._raw_arg = None
 
     async def parse(self, data: bytes = b"") -> None:
         buf = self.buf
         buf.extend(data)
+        handlers = self.nc._raw_handlers
         pos = 0
         try:
             while True:
                 if self.state == AWAITING_MSG_PAYLOAD:
+                    if self._raw_arg is None:  # nats-py's parser read this message's line
+                        break
                     end = pos + self.needed
                     if len(buf) < end + CRLF_SIZE:
                         return
@@ -79,7 +86,13 @@ class FastParser(Parser):
                     pos = end + CRLF_SIZE
                     self.header_needed = 0
                     self.state = AWAITING_CONTROL_LINE
-                    await self.nc._deliver(self.msg_arg, headers, payload)
+                    subject, sid, reply = self._raw_arg
+                    self._raw_arg = None
+                    handler = handlers.get(sid)
+                    if handler is None:
+                        await self.nc._process_msg(sid, subject, reply, payload, headers or b"")
+                    else:
+                        self.nc._deliver_raw(handler, subject, reply, headers, payload)
                     continue
                 end = buf.find(_CRLF_, pos)
                 if end < 0:
@@ -87,28 +100,27 @@ class FastParser(Parser):
                         raise ProtocolError("nats: control line too long")
                     return
                 parts = bytes(buf[pos:end]).split()
-                if parts and parts[0] in (b"MSG", b"HMSG") and len(parts) in (4, 5, 6):
-                    self._message_line(parts)
+                count = len(parts)
+                if count and ((parts[0] == b"HMSG" and 5 <= count <= 6) or (parts[0] == b"MSG" and 4 <= count <= 5)):
+                    # MSG <subject> <sid> [reply] <size>  |  HMSG <subject> <sid> [reply] <header size> <size>
+                    if parts[0] == b"HMSG":
+                        reply = parts[3] if count == 6 else b""
+                        self.header_needed = int(parts[-2])
+                    else:
+                        reply = parts[3] if count == 5 else b""
+                    self._raw_arg = (parts[1], int(parts[2]), reply)
+                    self.needed = int(parts[-1])
+                    self.state = AWAITING_MSG_PAYLOAD
                     pos = end + CRLF_SIZE
                     continue
-                del buf[:pos]
-                pos = 0
-                await super().parse()
-                return
+                break
+            del buf[:pos]
+            pos = 0
+            self._raw_arg = None
+            await super().parse()
         finally:
             if pos:
                 del buf[:pos]
-
-    def _message_line(self, parts: list[bytes]) -> None:
-        # MSG <subject> <sid> [reply] <size>  |  HMSG <subject> <sid> [reply] <header size> <size>
-        if parts[0] == b"HMSG":
-            reply = parts[3] if len(parts) == 6 else b""
-            self.header_needed = int(parts[-2])
-        else:
-            reply = parts[3] if len(parts) == 5 else b""
-        self.msg_arg = {"subject": parts[1], "sid": int(parts[2]), "reply": reply}
-        self.needed = int(parts[-1])
-        self.state = AWAITING_MSG_PAYLOAD
 
 
 class FastClient(Client):
@@ -118,16 +130,13 @@ class FastClient(Client):
         self._raw_handlers: dict[int, RawHandler] = {}
         self._ps = FastParser(self)
 
-    async def _deliver(self, arg: dict[str, Any], headers: bytes | None, payload: bytes) -> None:
-        sid = arg["sid"]
-        handler = self._raw_handlers.get(sid)
-        if handler is None:
-            await super()._process_msg(sid, arg["subject"], arg["reply"], payload, headers or b"")
-            return
+    def _deliver_raw(
+        self, handler: RawHandler, subject: bytes, reply: bytes, headers: bytes | None, payload: bytes
+    ) -> None:
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(payload)
         try:
-            handler(arg["subject"], arg["reply"], headers, payload)
+            handler(subject, reply, headers, payload)
         except Exception:
             # Raising here would make nats-py drop the connection; the message is redelivered instead.
             log.exception("raw message handler failed")
@@ -140,8 +149,13 @@ class FastClient(Client):
         return sub
 
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
-        # Reached from nats-py's own parser (after a PING or INFO in the same read).
-        await self._deliver({"sid": sid, "subject": subject, "reply": reply}, headers or None, data)
+        # Reached from nats-py's own parser after a PING or INFO in the same read, and for
+        # subscriptions that are not raw.
+        handler = self._raw_handlers.get(sid)
+        if handler is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+        else:
+            self._deliver_raw(handler, subject, reply, headers or None, data)
 
     async def publish_many(self, commands: Iterable[bytes]) -> None:
         """Writes pre-formatted protocol commands (see ``pub`` and ``hpub``) as one buffer. Unlike
