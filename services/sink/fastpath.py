@@ -46,12 +46,25 @@ WITH raw AS (
 ), fields AS (
     SELECT
         *,
-        json_keys(j) AS k,
-        json_extract(j, ['$.topic', '$.event_id', '$.timestamp', '$.source', '$.payload']) AS v,
-        json_extract_string(j, ['$.topic', '$.event_id', '$.timestamp', '$.source']) AS s,
+        len(json_keys(j)) AS key_count,
+        json_extract(j, ['$.topic', '$.event_id', '$.timestamp', '$.source', '$.payload']) AS v
+    FROM parsed
+), strings AS (
+    SELECT
+        *,
+        -- A JSON string with no escape in it is the text between its quotes; with one, the reference
+        -- decoder decides.
+        list_transform(
+            [CAST(v[1] AS VARCHAR), CAST(v[2] AS VARCHAR), CAST(v[3] AS VARCHAR), CAST(v[4] AS VARCHAR)],
+            lambda x: CASE WHEN starts_with(x, '"') AND NOT contains(x, '\') THEN x[2:-2] END
+        ) AS s
+    FROM fields
+), typed AS (
+    SELECT
+        *,
         CASE WHEN regexp_full_match(s[3], '[1-9]\d{3}-\d\d-\d\dT([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?Z')
              THEN TRY_CAST(rtrim(s[3], 'Z') AS TIMESTAMP) END AS ts
-    FROM parsed
+    FROM strings
 )
 SELECT
     i,
@@ -64,24 +77,22 @@ SELECT
     coalesce(CAST(v[5] AS VARCHAR), '{}') AS payload,
     coalesce(
         j IS NOT NULL
-        AND len(k) = len(list_distinct(k))
-        AND list_has_all(['topic', 'event_id', 'timestamp', 'source', 'payload'], k)
+        -- As many keys as there are known keys present: no unknown key, none twice.
+        AND key_count = (v[1] IS NOT NULL)::INT + (v[2] IS NOT NULL)::INT + (v[3] IS NOT NULL)::INT
+                        + (v[4] IS NOT NULL)::INT + (v[5] IS NOT NULL)::INT
         AND strlen(topic) <= 128
         AND regexp_full_match(topic, '[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*')
-        AND (v[1] IS NULL OR (left(CAST(v[1] AS VARCHAR), 1) = '"' AND s[1] = topic))
-        AND left(CAST(v[2] AS VARCHAR), 1) = '"'
+        AND (v[1] IS NULL OR s[1] = topic)
         AND regexp_full_match(s[2], '[!-~]([ -~]{0,254}[!-~])?')
-        AND left(CAST(v[3] AS VARCHAR), 1) = '"'
         AND ts IS NOT NULL
-        AND left(CAST(v[4] AS VARCHAR), 1) = '"'
         AND strlen(s[4]) BETWEEN 1 AND 128
-        AND (v[5] IS NULL OR left(CAST(v[5] AS VARCHAR), 1) = '{')
-        -- No Nats-Msg-Id header, or exactly one, written the usual way, naming this event.
-        AND (hdr IS NULL OR NOT contains(hdr, 'Nats-Msg-Id')
-             OR (strlen(hdr) - strlen(replace(hdr, 'Nats-Msg-Id', '')) = 11
-                 AND (contains(hdr, E'\r\nNats-Msg-Id: ' || topic || ':' || s[2] || E'\r\n')
-                      OR contains(hdr, E'\r\nNats-Msg-Id: ' || s[2] || E'\r\n')))),
+        AND (v[5] IS NULL OR starts_with(CAST(v[5] AS VARCHAR), '{'))
+        -- No Nats-Msg-Id header, or exactly the one a publisher writes for this event.
+        AND (hdr IS NULL
+             OR hdr = E'NATS/1.0\r\nNats-Msg-Id: ' || topic || ':' || s[2] || E'\r\n\r\n'
+             OR hdr = E'NATS/1.0\r\nNats-Msg-Id: ' || s[2] || E'\r\n\r\n'
+             OR NOT contains(hdr, 'Nats-Msg-Id')),
         false
     ) AS fast
-FROM fields
+FROM typed
 """
