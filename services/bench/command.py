@@ -60,6 +60,9 @@ async def _runs(label: str, n: int, once: Callable[[], Awaitable[dict[str, Any]]
     for i in range(n):
         r = await once()
         print(f"  {label} run {i + 1}/{n}: {_brief(r)}", flush=True)
+        if r.get("correct") is False:
+            # A fast wrong answer is not a figure.
+            raise RuntimeError(f"{label} run {i + 1}: the store does not hold exactly the distinct events sent")
         results.append(r)
     return results
 
