@@ -10,13 +10,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import nats
 import orjson
+from nats.aio.client import Client
 
 from services.bench import truth
 from services.common.jetstream import ensure_stream
@@ -202,92 +203,75 @@ def event(topic: str = "orders", event_id: str = "e1", **extra: Any) -> dict[str
     return body
 
 
-def nats_publish(url: str, messages: list[tuple[str, bytes, dict[str, str] | None]]) -> None:
-    """Core publishes with no reply subject, as ``nats pub`` sends them."""
+def over_nats(url: str, work: Callable[[Client], Awaitable[T]]) -> T:
+    """Runs ``work`` on a fresh connection to ``url``, from synchronous test code, and closes it."""
 
-    async def go() -> None:
-        nc = await nats.connect(url)
-        for subject, data, headers in messages:
-            await nc.publish(subject, data, headers=headers)
-        await nc.flush()
-        await nc.close()
-
-    asyncio.run(go())
-
-
-def jetstream_info(url: str, stream: str = "LOGS", consumer: str = "sink") -> tuple[Any, Any]:
-    async def go() -> tuple[Any, Any]:
+    async def go() -> T:
         nc = await nats.connect(url)
         try:
-            js = nc.jetstream()
-            return await js.stream_info(stream), await js.consumer_info(stream, consumer)
+            return await work(nc)
         finally:
             await nc.close()
 
     return asyncio.run(go())
+
+
+def nats_publish(url: str, messages: list[tuple[str, bytes, dict[str, str] | None]]) -> None:
+    """Core publishes with no reply subject, as ``nats pub`` sends them."""
+
+    async def publish(nc: Client) -> None:
+        for subject, data, headers in messages:
+            await nc.publish(subject, data, headers=headers)
+        await nc.flush()
+
+    over_nats(url, publish)
+
+
+def jetstream_info(url: str, stream: str = "LOGS", consumer: str = "sink") -> tuple[Any, Any]:
+    async def info(nc: Client) -> tuple[Any, Any]:
+        js = nc.jetstream()
+        return await js.stream_info(stream), await js.consumer_info(stream, consumer)
+
+    return over_nats(url, info)
 
 
 def sink_request(url: str, endpoint: str, query: dict[str, Any] | None = None) -> Any:
     """Asks the sink directly over NATS, as the query service does."""
 
-    async def go() -> Any:
-        nc = await nats.connect(url)
-        try:
-            reply = await nc.request(f"logmesh.query.{endpoint}", orjson.dumps(query or {}), timeout=5)
-            return orjson.loads(reply.data)
-        finally:
-            await nc.close()
+    async def ask(nc: Client) -> Any:
+        reply = await nc.request(f"logmesh.query.{endpoint}", orjson.dumps(query or {}), timeout=5)
+        return orjson.loads(reply.data)
 
-    return asyncio.run(go())
+    return over_nats(url, ask)
 
 
 def jetstream_publish(url: str, events: list[dict[str, Any]]) -> None:
     """Acked JetStream publishes, one per event, with the logmesh message id."""
 
-    async def go() -> None:
-        nc = await nats.connect(url)
+    async def publish(nc: Client) -> None:
         js = nc.jetstream()
         await ensure_stream(js, ServiceSettings())  # as any logmesh service would on start
         for e in events:
             await js.publish(
                 f"logs.{e['topic']}", orjson.dumps(e), headers={"Nats-Msg-Id": f"{e['topic']}:{e['event_id']}"}
             )
-        await nc.close()
 
-    asyncio.run(go())
+    over_nats(url, publish)
 
 
 def delete_message(url: str, seq: int, stream: str = "LOGS") -> None:
-    async def go() -> None:
-        nc = await nats.connect(url)
-        try:
-            await nc.jetstream().delete_msg(stream, seq)
-        finally:
-            await nc.close()
+    async def delete(nc: Client) -> None:
+        await nc.jetstream().delete_msg(stream, seq)
 
-    asyncio.run(go())
+    over_nats(url, delete)
 
 
 def stream_truth(url: str) -> dict[str, int]:
-    async def go() -> dict[str, int]:
-        nc = await nats.connect(url)
-        try:
-            return await truth.stream_truth(nc)
-        finally:
-            await nc.close()
-
-    return asyncio.run(go())
+    return over_nats(url, truth.stream_truth)
 
 
 def stored_keys(url: str) -> list[tuple[str, str]]:
-    async def go() -> list[tuple[str, str]]:
-        nc = await nats.connect(url)
-        try:
-            return await truth.stored_keys(nc)
-        finally:
-            await nc.close()
-
-    return asyncio.run(go())
+    return over_nats(url, truth.stored_keys)
 
 
 def settled(url: str, stream: str = "LOGS", consumer: str = "sink") -> bool:

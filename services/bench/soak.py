@@ -30,7 +30,7 @@ from services.common.embedded import EmbeddedNats
 from services.common.jetstream import connect
 from services.common.logs import setup_logging
 from services.common.processes import free_port, python_command, spawn, stop_process
-from services.common.settings import ENV_PREFIX, add_settings_arguments, settings_from_args
+from services.common.settings import ENV_PREFIX, add_command, settings_from_args
 
 
 class SoakSettings(BaseSettings):
@@ -216,6 +216,4 @@ def soak_command(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     text = "minutes of load with random kills of every service; reports lost and double-counted events"
-    parser = commands.add_parser("soak", help=text, description=text)
-    add_settings_arguments(parser, SoakSettings)
-    parser.set_defaults(handler=soak_command)
+    add_command(commands, "soak", SoakSettings, soak_command, text)

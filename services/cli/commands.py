@@ -21,7 +21,7 @@ from services.cli.stack import Stack, UpSettings
 from services.cli.workload import Rejected, SendReport, make_workload, send_http, send_nats
 from services.common.logs import setup_logging
 from services.common.processes import free_port
-from services.common.settings import CommonSettings, add_settings_arguments, settings_from_args
+from services.common.settings import CommonSettings, add_command, settings_from_args
 
 log = logging.getLogger("logmesh")
 
@@ -182,9 +182,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         ("publish", PublishSettings, publish_command, "send a workload with duplicates over HTTP or NATS"),
         ("stats", StatsSettings, stats_command, "print the counters as a table"),
     ):
-        parser = commands.add_parser(name, help=text, description=text)
-        add_settings_arguments(parser, settings_cls)
-        parser.set_defaults(handler=handler)
+        add_command(commands, name, settings_cls, handler, text)
 
 
 class StatsSettings(CommonSettings):

@@ -9,7 +9,7 @@ import signal
 
 from services.cli.runner import run, serve_http
 from services.common.logs import setup_logging
-from services.common.settings import add_settings_arguments, settings_from_args
+from services.common.settings import add_command, settings_from_args
 from services.ingest.settings import IngestSettings
 from services.query.settings import QuerySettings
 from services.sink.settings import SinkSettings
@@ -73,6 +73,4 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         ("query", QuerySettings, query_command, "run the query HTTP service (stats, events, dead letters)"),
         ("sink", SinkSettings, sink_command, "run the sink: JetStream consumer writing to DuckDB"),
     ):
-        parser = commands.add_parser(name, help=text, description=text)
-        add_settings_arguments(parser, settings_cls)
-        parser.set_defaults(handler=handler)
+        add_command(commands, name, settings_cls, handler, text)

@@ -15,7 +15,7 @@ from services.cli.runner import run
 from services.common.jetstream import LOG_SUBJECTS, close, connect, log_subject
 from services.common.logs import setup_logging
 from services.common.model import check_topic
-from services.common.settings import ServiceSettings, add_settings_arguments, settings_from_args
+from services.common.settings import ServiceSettings, add_command, settings_from_args
 from services.sink.decode import Delivery, Rejected, decode_message
 
 
@@ -71,7 +71,4 @@ def tail_command(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    text = "follow new events live, like nats sub"
-    parser = commands.add_parser("tail", help=text, description=text)
-    add_settings_arguments(parser, TailSettings)
-    parser.set_defaults(handler=tail_command)
+    add_command(commands, "tail", TailSettings, tail_command, "follow new events live, like nats sub")

@@ -6,6 +6,7 @@ Precedence: command-line flag, then environment variable, then the default.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field
@@ -68,6 +69,19 @@ def add_settings_arguments(parser: argparse.ArgumentParser, settings_cls: type[B
             )
         else:
             group.add_argument(flag_name(name), dest=name, default=argparse.SUPPRESS, help=help_text)
+
+
+def add_command(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    settings_cls: type[BaseSettings],
+    handler: Callable[[argparse.Namespace], int],
+    text: str,
+) -> None:
+    """One ``logmesh`` subcommand: a flag (and environment variable) per field of its settings."""
+    parser = commands.add_parser(name, help=text, description=text)
+    add_settings_arguments(parser, settings_cls)
+    parser.set_defaults(handler=handler)
 
 
 def settings_from_args(settings_cls: type[SettingsT], args: argparse.Namespace, **overrides: Any) -> SettingsT:
