@@ -39,17 +39,22 @@ class Delivery:
 
     @classmethod
     def from_reply(cls, reply: bytes) -> Delivery:
-        # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>, or, from servers that
-        # add a domain and account hash, $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>...
-        tokens = reply.split(b".")
-        base = 4 if len(tokens) == 9 else 6
+        tokens, base = _ack_tokens(reply)
         return cls(int(tokens[base + 1]), int(tokens[base]), int(tokens[base + 3]))
 
 
 def delivery_count(reply: bytes) -> int:
     """How many times JetStream has delivered the message, read from its ack subject."""
-    tokens = reply.split(b".", 7)
-    return int(tokens[4] if reply.count(b".") == 8 else tokens[6])
+    tokens, base = _ack_tokens(reply)
+    return int(tokens[base])
+
+
+def _ack_tokens(reply: bytes) -> tuple[list[bytes], int]:
+    """The tokens of an ack subject, and where <delivered> is among them:
+    $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>, or, from servers that add a
+    domain and account hash, $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>..."""
+    tokens = reply.split(b".")
+    return tokens, 4 if len(tokens) == 9 else 6
 
 
 @dataclass(slots=True)
