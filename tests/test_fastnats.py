@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.fastnats import FastClient, hpub, pub
+from services.common.fastnats import FastClient, hpub, pub, pub_each
 from tests.harness import NatsServer
 
 RAW_SID = 7
@@ -93,3 +93,9 @@ def test_raw_and_ordinary_subscriptions_share_a_connection(nats_server: NatsServ
     ]
     assert raw == expected
     assert ordinary == [(f"plain.{i}", b"%d" % i) for i in range(500)]
+
+
+def test_pub_each_writes_one_pub_per_subject() -> None:
+    subjects = [b"$JS.ACK.LOGS.sink.1.2.3.4.0", b"$JS.ACK.LOGS.sink.1.3.4.4.0", b"x"]
+    assert pub_each(subjects, b"+ACK") == b"".join(pub(s, b"+ACK") for s in subjects)
+    assert pub_each([], b"+ACK") == b""

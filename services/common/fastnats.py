@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -68,59 +68,98 @@ class FastParser(Parser):
         self._raw_arg = None
 
     async def parse(self, data: bytes = b"") -> None:
-        buf = self.buf
-        buf.extend(data)
-        handlers = self.nc._raw_handlers
+        # Parsed from an immutable copy: slicing bytes copies once, slicing the bytearray and making
+        # bytes of the slice copied twice, for every line, header block and payload.
+        if self._raw_arg is not None and len(self.buf) + len(data) < self.needed + CRLF_SIZE:
+            self.buf.extend(data)  # a large message still arriving: no copy until it is whole
+            return
+        wire = bytes(self.buf) + data if self.buf else bytes(data)
+        self.buf.clear()
+        nc = self.nc
+        handlers = nc._raw_handlers
         pos = 0
+        delivered = delivered_bytes = 0
         try:
+            if self.state == AWAITING_MSG_PAYLOAD:
+                # The rest of a message whose line an earlier read brought.
+                if self._raw_arg is None:  # nats-py's parser read this message's line
+                    pos = self._keep(wire, 0)
+                    await super().parse()
+                    return
+                end = self.needed
+                if len(wire) < end + CRLF_SIZE:
+                    return
+                subject, sid, reply = self._raw_arg
+                split = self.header_needed
+                self._raw_arg = None
+                self.header_needed = 0
+                self.state = AWAITING_CONTROL_LINE
+                pos = end + CRLF_SIZE
+                await self._dispatch(sid, subject, reply, wire[:split] if split else None, wire[split:end])
+            # One message per turn, its state in locals: the parser's attributes are only written when
+            # a message is cut off at the end of the read.
             while True:
-                if self.state == AWAITING_MSG_PAYLOAD:
-                    if self._raw_arg is None:  # nats-py's parser read this message's line
-                        break
-                    end = pos + self.needed
-                    if len(buf) < end + CRLF_SIZE:
-                        return
-                    split = pos + self.header_needed
-                    headers = bytes(buf[pos:split]) if split > pos else None
-                    payload = bytes(buf[split:end])
-                    pos = end + CRLF_SIZE
-                    self.header_needed = 0
-                    self.state = AWAITING_CONTROL_LINE
-                    subject, sid, reply = self._raw_arg
-                    self._raw_arg = None
-                    handler = handlers.get(sid)
-                    if handler is None:
-                        await self.nc._process_msg(sid, subject, reply, payload, headers or b"")
-                    else:
-                        self.nc._deliver_raw(handler, subject, reply, headers, payload)
-                    continue
-                end = buf.find(_CRLF_, pos)
+                end = wire.find(_CRLF_, pos)
                 if end < 0:
-                    if len(buf) - pos > MAX_CONTROL_LINE_SIZE:
+                    if len(wire) - pos > MAX_CONTROL_LINE_SIZE:
                         raise ProtocolError("nats: control line too long")
                     return
-                parts = bytes(buf[pos:end]).split()
+                parts = wire[pos:end].split()
                 count = len(parts)
-                if count and ((parts[0] == b"HMSG" and 5 <= count <= 6) or (parts[0] == b"MSG" and 4 <= count <= 5)):
-                    # MSG <subject> <sid> [reply] <size>  |  HMSG <subject> <sid> [reply] <header size> <size>
-                    if parts[0] == b"HMSG":
-                        reply = parts[3] if count == 6 else b""
-                        self.header_needed = int(parts[-2])
-                    else:
-                        reply = parts[3] if count == 5 else b""
+                # MSG <subject> <sid> [reply] <size>  |  HMSG <subject> <sid> [reply] <header size> <size>
+                if count and parts[0] == b"HMSG" and 5 <= count <= 6:
+                    reply = parts[3] if count == 6 else b""
+                    header_size = int(parts[-2])
+                elif count and parts[0] == b"MSG" and 4 <= count <= 5:
+                    reply = parts[3] if count == 5 else b""
+                    header_size = 0
+                else:  # PING, PONG, INFO, +OK, -ERR
+                    pos = self._keep(wire, pos)
+                    await super().parse()
+                    return
+                start = end + CRLF_SIZE
+                stop = start + int(parts[-1])
+                if len(wire) < stop + CRLF_SIZE:
                     self._raw_arg = (parts[1], int(parts[2]), reply)
-                    self.needed = int(parts[-1])
+                    self.header_needed = header_size
+                    self.needed = stop - start
                     self.state = AWAITING_MSG_PAYLOAD
-                    pos = end + CRLF_SIZE
+                    pos = start
+                    return
+                split = start + header_size
+                headers = wire[start:split] if header_size else None
+                payload = wire[split:stop]
+                pos = stop + CRLF_SIZE
+                handler = handlers.get(int(parts[2]))
+                if handler is None:
+                    await nc._process_msg(int(parts[2]), parts[1], reply, payload, headers or b"")
                     continue
-                break
-            del buf[:pos]
-            pos = 0
-            self._raw_arg = None
-            await super().parse()
+                delivered += 1
+                delivered_bytes += len(payload)
+                try:
+                    handler(parts[1], reply, headers, payload)
+                except Exception:
+                    # Raising here would make nats-py drop the connection; the message is redelivered.
+                    log.exception("raw message handler failed")
         finally:
-            if pos:
-                del buf[:pos]
+            # What is not parsed yet waits for the next read.
+            self.buf.extend(wire[pos:] if pos else wire)
+            if delivered:
+                nc.stats["in_msgs"] += delivered
+                nc.stats["in_bytes"] += delivered_bytes
+
+    def _keep(self, wire: bytes, pos: int) -> int:
+        """Hands the rest of the read to ``buf``, for nats-py's own parser; it leaves there what it
+        cannot parse yet. Returns the end of the read: nothing is left for the caller to keep."""
+        self.buf.extend(wire[pos:])
+        return len(wire)
+
+    async def _dispatch(self, sid: int, subject: bytes, reply: bytes, headers: bytes | None, payload: bytes) -> None:
+        handler = self.nc._raw_handlers.get(sid)
+        if handler is None:
+            await self.nc._process_msg(sid, subject, reply, payload, headers or b"")
+        else:
+            self.nc._deliver_raw(handler, subject, reply, headers, payload)
 
 
 class FastClient(Client):
@@ -175,6 +214,14 @@ def pub(subject: bytes, payload: bytes, reply: bytes = b"") -> bytes:
     if reply:
         return b"PUB %s %s %d\r\n%s\r\n" % (subject, reply, len(payload), payload)
     return b"PUB %s %d\r\n%s\r\n" % (subject, len(payload), payload)
+
+
+def pub_each(subjects: Sequence[bytes], payload: bytes) -> bytes:
+    """One ``PUB`` per subject, all with the same payload (acks), as one buffer built by one join."""
+    if not subjects:
+        return b""
+    tail = b" %d\r\n%s\r\n" % (len(payload), payload)
+    return b"PUB " + (tail + b"PUB ").join(subjects) + tail
 
 
 def hpub(subject: bytes, header_block: bytes, payload: bytes, reply: bytes = b"") -> bytes:

@@ -19,7 +19,7 @@ import nats
 import orjson
 from nats.aio.subscription import Subscription
 
-from services.common.fastnats import FastClient, pub
+from services.common.fastnats import FastClient, pub, pub_each
 from services.sink.decode import RawMsg
 
 log = logging.getLogger("logmesh.sink")
@@ -170,13 +170,13 @@ class Puller:
         """Acks every message, except those at the positions in ``terminate``, which are terminated with
         their reason: all in one write. Without a connection the acks are lost, which is safe: JetStream
         redelivers the messages and the sink recognises them as committed."""
-        await self._send(
-            pub(m[1], b"+TERM " + terminate[i][:200].encode() if i in terminate else ACK) for i, m in enumerate(msgs)
-        )
+        terms = [pub(msgs[i][1], b"+TERM " + reason[:200].encode()) for i, reason in terminate.items()]
+        acks = [m[1] for i, m in enumerate(msgs) if i not in terminate] if terminate else [m[1] for m in msgs]
+        await self._send([*terms, pub_each(acks, ACK)])
 
     async def in_progress(self, msgs: Iterable[RawMsg]) -> None:
         """Resets ``ack_wait`` for messages still being worked on, so JetStream does not redeliver them."""
-        await self._send(pub(m[1], IN_PROGRESS) for m in msgs)
+        await self._send([pub_each([m[1] for m in msgs], IN_PROGRESS)])
 
     async def _send(self, commands: Iterable[bytes]) -> None:
         try:
