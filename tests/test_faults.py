@@ -319,7 +319,8 @@ def test_graceful_stop_under_load(nats: NatsServer, tmp_path: Path, service: Cal
     _, consumer = jetstream_info(nats.url)
     assert consumer.num_ack_pending == 0, "the stopped sink left delivered messages unacked"
     publisher.outcome()
-    service(sink_args(nats, data, "--ack-wait", "30"))
+    # Ready first: when the stopped sink had taken everything, the stream is settled at once.
+    ready_sink(service, sink_args(nats, data, "--ack-wait", "30"))
     wait_for(lambda: settled(nats.url), 60, "the restarted sink to catch up")
     _, consumer = jetstream_info(nats.url)
     assert consumer.delivered.consumer_seq == consumer.delivered.stream_seq, "something was redelivered"

@@ -10,7 +10,13 @@ from services.common.settings import ServiceSettings
 class SinkSettings(ServiceSettings):
     data_dir: Path = Field(Path("data"), description="directory of the DuckDB file")
     consumer: str = Field("sink", description="durable consumer name")
-    batch_size: int = Field(5000, ge=1, le=100_000, description="most messages committed in one transaction")
+    batch_size: int = Field(
+        20_000,
+        ge=1,
+        le=100_000,
+        description="most messages committed in one transaction (a backlog drains in batches this big; under "
+        "light load the linger decides)",
+    )
     linger: float = Field(
         0.05, ge=0, le=5, description="seconds a partial batch may wait for more messages before it commits"
     )

@@ -26,7 +26,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from services.common.failpoints import Failpoints
-from services.sink.arrow import CANDIDATE_SCHEMA, first_deliveries, incoming_table, ranges_table, rows_table
+from services.sink.arrow import (
+    CANDIDATE_SCHEMA,
+    counts_by_topic,
+    first_deliveries,
+    incoming_table,
+    ranges_table,
+    rows_table,
+)
 from services.sink.counters import Counters, TopicCounts
 from services.sink.decode import RawMsg, SlowDecoded, decode_slow, refused
 from services.sink.fastpath import DECODE_SQL
@@ -223,8 +230,8 @@ class Store:
             with self._transaction():
                 if fallback:
                     self._check_collisions()
-                valid = self._count_by_topic("SELECT topic, count(*) FROM candidates GROUP BY topic")
-                inserted = self._insert_events(now, fallback)
+                valid, distinct = counts_by_topic(candidates)
+                inserted = self._insert_events(now, distinct, fallback)
                 if slow.dead_letters:
                     self._insert_dead_letters(slow, now)
                 updated, changed = counters.after(
@@ -242,11 +249,9 @@ class Store:
         self._next_dead_id += len(slow.dead_letters)
         return sum(inserted.values()), updated
 
-    def _count_by_topic(self, sql: str) -> Counter[str]:
-        return Counter({topic: n for topic, n in self._run(sql)})
-
-    def _insert_events(self, now: datetime, fallback: bool) -> Counter[str]:
-        """Inserts the first copy of each key in the batch; returns how many were new, per topic."""
+    def _insert_events(self, now: datetime, distinct: Counter[str], fallback: bool) -> Counter[str]:
+        """Inserts the first copy of each key in the batch; returns how many were new, per topic: without
+        a stored key among them (no fallback), every ``distinct`` candidate."""
         select = (
             f'SELECT {KEY}, ? + row_number() OVER (ORDER BY seq) - 1, topic, event_id, "timestamp", source, '
             "payload, seq, ? FROM (SELECT * FROM candidates "
@@ -259,7 +264,7 @@ class Store:
             )
             return Counter(t for (t,) in stored)
         self._run(f"INSERT INTO events {select}", params)
-        return self._count_by_topic("SELECT topic, count(DISTINCT event_id) FROM candidates GROUP BY topic")
+        return distinct
 
     def _check_collisions(self) -> None:
         """A different event with the key of a stored one (a crafted MD5 collision) must not pass for a
