@@ -82,7 +82,7 @@ async def _bench(s: BenchSettings, parts: list[str]) -> dict[str, Any]:
         runs = await _runs("ceiling", s.runs, lambda: throughput.ceiling(n, dup, topics))
         out["ceiling"] = {"events_per_second": _median(runs, "events_per_second"), "runs": runs}
     if "native" in parts:
-        send = throughput.nats_sender(1000, 4)
+        send = throughput.nats_sender()
         runs = await _runs("native", s.runs, lambda: throughput.pipeline("native", n, dup, topics, send))
         native = _median(runs, "events_per_second")
         out["native"] = {"events_per_second": native, "runs": runs}
@@ -95,7 +95,7 @@ async def _bench(s: BenchSettings, parts: list[str]) -> dict[str, Any]:
             median = _median(runs, "events_per_second")
             out[name] = {"events": events, "batch": batch, "events_per_second": median, "runs": runs}
     if "scaling" in parts:
-        send = throughput.nats_sender(1000, 4)
+        send = throughput.nats_sender()
         sizes = (n // 2, n, n * 2)
         seconds = {}
         for size in sizes:

@@ -13,6 +13,7 @@ import httpx
 import orjson
 
 from services.bench.procs import UpProcess
+from services.bench.throughput import NATIVE_BATCH, NATIVE_CLIENTS
 from services.cli.workload import make_workload, send_nats
 
 
@@ -70,7 +71,7 @@ async def stats_under_load(events: int, dup: float, topics: int, every: float = 
         poller = context.Process(target=_poll_stats, args=(up.http_url, every, stop, sending), daemon=True)
         poller.start()
         assert await asyncio.to_thread(receiving.recv) == "ready"
-        await send_nats(up.nats_url, workload.batches(1000), 4, show_progress=False)
+        await send_nats(up.nats_url, workload.batches(NATIVE_BATCH), NATIVE_CLIENTS, show_progress=False)
         stop.set()
         timings: list[float] = await asyncio.to_thread(receiving.recv)
         poller.join(10)

@@ -35,7 +35,11 @@ def http_sender(batch: int, clients: int) -> Sender:
     return send
 
 
-def nats_sender(batch: int, clients: int) -> Sender:
+# The native runs keep 20,000 events in flight (4 senders x 5,000), as many as the ceiling's publisher.
+NATIVE_BATCH, NATIVE_CLIENTS = 5000, 4
+
+
+def nats_sender(batch: int = NATIVE_BATCH, clients: int = NATIVE_CLIENTS) -> Sender:
     async def send(up: UpProcess, w: Workload) -> SendReport:
         return await send_nats(up.nats_url, w.batches(batch), clients, show_progress=False)
 
