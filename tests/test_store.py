@@ -45,3 +45,16 @@ def test_a_reopened_store_continues_the_ids(tmp_path: Path) -> None:
     ids = [e["id"] for e in store.reader.list_events(None, 0, 10, newest_first=False)]
     store.close()
     assert ids == sorted(set(ids)) and len(ids) == 3
+
+
+def test_a_key_twice_in_one_batch_keeps_its_first_copy_in_stream_order(tmp_path: Path) -> None:
+    path = tmp_path / "store.duckdb"
+    store = Store(path, memory_limit="256MB", checkpoint_threshold="16MB")
+    state = store.load()
+    # Delivered out of stream order (as redeliveries are), "x" at seqs 5 and 4.
+    result = store.commit([message(5, "x"), message(3, "y"), message(4, "x")], state.counters, state.committed, 0)
+    assert result.inserted == 2 and not result.conflict_fallback
+    assert (result.counters.unique_processed, result.counters.store_duplicates) == (2, 1)
+    listed = store.reader.list_events(None, 0, 10, newest_first=False)
+    store.close()
+    assert [(e["event_id"], e["seq"]) for e in listed] == [("y", 3), ("x", 4)]

@@ -79,6 +79,15 @@ def rows_table(slow: SlowDecoded) -> pa.Table:
     )
 
 
+def with_ids(candidates: pa.Table, first_id: int) -> pa.Table:
+    """Adds the events' ``id`` (their listing order): the candidates numbered in stream order from
+    ``first_id``, computed here rather than by a window function in the insert."""
+    if candidates.num_rows == 0:
+        return candidates.append_column("id", pa.array([], pa.uint64()))
+    rank = pc.rank(candidates["seq"], sort_keys="ascending", tiebreaker="first")  # 1, 2, ... in seq order
+    return candidates.append_column("id", pc.add(rank.cast(pa.uint64()), pa.scalar(first_id - 1, pa.uint64())))
+
+
 def counts_by_topic(candidates: pa.Table) -> tuple[Counter[str], Counter[str]]:
     """Per topic, the candidate rows and their distinct event ids: one Arrow pass, no SQL statement
     to plan for every batch."""

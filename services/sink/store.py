@@ -33,6 +33,7 @@ from services.sink.arrow import (
     incoming_table,
     ranges_table,
     rows_table,
+    with_ids,
 )
 from services.sink.counters import Counters, TopicCounts
 from services.sink.decode import RawMsg, SlowDecoded, decode_slow, refused
@@ -200,6 +201,7 @@ class Store:
         else:
             slow = refused(msgs, pc.filter(decoded["i"], new).to_pylist(), refuse)
             candidates = CANDIDATE_SCHEMA.empty_table()
+        candidates = with_ids(candidates, self._next_id)
         new_committed = committed.union(pc.filter(decoded["seq"], new).to_pylist())
         now = datetime.now(UTC).replace(tzinfo=None)
         try:
@@ -231,7 +233,7 @@ class Store:
                 if fallback:
                     self._check_collisions()
                 valid, distinct = counts_by_topic(candidates)
-                inserted = self._insert_events(now, distinct, fallback)
+                inserted = self._insert_events(now, distinct, candidates.num_rows, fallback)
                 if slow.dead_letters:
                     self._insert_dead_letters(slow, now)
                 updated, changed = counters.after(
@@ -249,15 +251,14 @@ class Store:
         self._next_dead_id += len(slow.dead_letters)
         return sum(inserted.values()), updated
 
-    def _insert_events(self, now: datetime, distinct: Counter[str], fallback: bool) -> Counter[str]:
+    def _insert_events(self, now: datetime, distinct: Counter[str], rows: int, fallback: bool) -> Counter[str]:
         """Inserts the first copy of each key in the batch; returns how many were new, per topic: without
         a stored key among them (no fallback), every ``distinct`` candidate."""
-        select = (
-            f'SELECT {KEY}, ? + row_number() OVER (ORDER BY seq) - 1, topic, event_id, "timestamp", source, '
-            "payload, seq, ? FROM (SELECT * FROM candidates "
-            "QUALIFY row_number() OVER (PARTITION BY topic, event_id ORDER BY seq) = 1)"
-        )
-        params = [self._next_id, now]
+        select = f'SELECT {KEY}, id, topic, event_id, "timestamp", source, payload, seq, ? FROM candidates'
+        if sum(distinct.values()) < rows:
+            # A key more than once in the batch (sent again past the window, or without Nats-Msg-Id).
+            select += " QUALIFY row_number() OVER (PARTITION BY topic, event_id ORDER BY seq) = 1"
+        params = [now]
         if fallback:
             stored = self._run(
                 f"INSERT INTO events SELECT * FROM ({select}) ON CONFLICT DO NOTHING RETURNING topic", params
