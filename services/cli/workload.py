@@ -17,7 +17,7 @@ import orjson
 from nats.js.errors import NotFoundError
 from tqdm import tqdm
 
-from services.common.jetstream import connect, log_subject
+from services.common.jetstream import close, connect, log_subject
 from services.common.model import msg_id
 from services.common.publisher import AckedPublisher, Outgoing, Prepared, duplicates_by_topic, receipt_message
 
@@ -175,5 +175,6 @@ async def send_nats(
     finally:
         progress.close()
         await publisher.stop()
-        await nc.drain()
+        # Drains when connected; a broker lost at this moment must not fail a send that is complete.
+        await close(nc)
     return report
