@@ -56,9 +56,9 @@ async def _unused(msg: Msg) -> None:
 
 class FastParser(Parser):
     """nats-py's parser matches a regex per message and deletes each message from the front of its
-    buffer (a memmove of the rest, every time). This one walks the buffer with an offset, trims it
-    once per read, and calls raw handlers directly. Lines other than MSG and HMSG (PING, PONG, INFO,
-    -ERR) are rare and go to nats-py's parser."""
+    buffer (a memmove of the rest, every time). This one walks each read with an offset, keeps only
+    the unparsed rest, and calls raw handlers directly. Lines other than MSG and HMSG (PING, PONG,
+    INFO, -ERR) are rare and go to nats-py's parser."""
 
     nc: FastClient
     _raw_arg: tuple[bytes, int, bytes] | None = None
