@@ -1,5 +1,6 @@
 """Arrow tables in and out of the store's statements: a batch of raw messages, the rows the reference
-decoder made, committed sequence ranges, and which messages of a batch are first deliveries."""
+decoder made, ids and per-topic counts of a batch, counters, committed sequence ranges, and which
+messages of a batch are first deliveries."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from services.sink.counters import Counters
 from services.sink.decode import RawMsg, SlowDecoded
 from services.sink.seqranges import SeqRanges
 
@@ -98,6 +100,20 @@ def counts_by_topic(candidates: pa.Table) -> tuple[Counter[str], Counter[str]]:
     rows = Counter(dict(zip(topics, grouped["event_id_count"].to_pylist(), strict=True)))
     distinct = Counter(dict(zip(topics, grouped["event_id_count_distinct"].to_pylist(), strict=True)))
     return rows, distinct
+
+
+def topics_table(counters: Counters, topics: set[str]) -> pa.Table:
+    """The per-topic counters rows of ``topics``, as the ``topics`` table holds them."""
+    names = sorted(topics)
+    counts = [counters.topics[t] for t in names]
+    return pa.table(
+        {
+            "topic": names,
+            "unique_events": pa.array([c.unique for c in counts], pa.uint64()),
+            "window_duplicates": pa.array([c.window_duplicates for c in counts], pa.uint64()),
+            "store_duplicates": pa.array([c.store_duplicates for c in counts], pa.uint64()),
+        }
+    )
 
 
 def ranges_table(ranges: SeqRanges) -> pa.Table:

@@ -33,6 +33,7 @@ from services.sink.arrow import (
     incoming_table,
     ranges_table,
     rows_table,
+    topics_table,
     with_ids,
 )
 from services.sink.counters import Counters, TopicCounts
@@ -303,17 +304,8 @@ class Store:
             [c.received, c.unique_processed, c.window_duplicates, c.store_duplicates, c.invalid],
         )
         if changed:
-            names = sorted(changed)
             # One statement from an Arrow table: executemany costs milliseconds per row here.
-            changed_topics = pa.table(
-                {
-                    "topic": names,
-                    "unique_events": pa.array([c.topics[t].unique for t in names], pa.uint64()),
-                    "window_duplicates": pa.array([c.topics[t].window_duplicates for t in names], pa.uint64()),
-                    "store_duplicates": pa.array([c.topics[t].store_duplicates for t in names], pa.uint64()),
-                }
-            )
-            self._insert_from("topics", changed_topics, replace=True)
+            self._insert_from("topics", topics_table(c, changed), replace=True)
 
     def file_size(self) -> int:
         return self.path.stat().st_size if self.path.exists() else 0
