@@ -95,7 +95,7 @@ class FastParser(Parser):
                 self.header_needed = 0
                 self.state = AWAITING_CONTROL_LINE
                 pos = end + CRLF_SIZE
-                await self._dispatch(sid, subject, reply, wire[:split] if split else None, wire[split:end])
+                await nc._process_msg(sid, subject, reply, wire[split:end], wire[:split])
             # One message per turn, its state in locals: the parser's attributes are only written when
             # a message is cut off at the end of the read.
             while True:
@@ -154,13 +154,6 @@ class FastParser(Parser):
         self.buf.extend(wire[pos:])
         return len(wire)
 
-    async def _dispatch(self, sid: int, subject: bytes, reply: bytes, headers: bytes | None, payload: bytes) -> None:
-        handler = self.nc._raw_handlers.get(sid)
-        if handler is None:
-            await self.nc._process_msg(sid, subject, reply, payload, headers or b"")
-        else:
-            self.nc._deliver_raw(handler, subject, reply, headers, payload)
-
 
 class FastClient(Client):
     def __init__(self) -> None:
@@ -188,8 +181,8 @@ class FastClient(Client):
         return sub
 
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
-        # Reached from nats-py's own parser after a PING or INFO in the same read, and for
-        # subscriptions that are not raw.
+        # Reached from nats-py's own parser after a PING or INFO in the same read, for subscriptions
+        # that are not raw, and for a message whose payload arrived in a later read than its line.
         handler = self._raw_handlers.get(sid)
         if handler is None:
             await super()._process_msg(sid, subject, reply, data, headers)
