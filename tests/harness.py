@@ -19,10 +19,10 @@ import nats
 import orjson
 from nats.aio.client import Client
 
-from services.bench import truth
-from services.common.jetstream import ensure_stream
-from services.common.processes import free_port, nats_server_binary
-from services.common.settings import ServiceSettings
+from logmesh.bench import truth
+from logmesh.common.jetstream import ensure_stream
+from logmesh.common.processes import free_port, nats_server_binary
+from logmesh.common.settings import ServiceSettings
 
 T = TypeVar("T")
 
@@ -97,7 +97,7 @@ class Service:
     def start(self) -> Service:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *self.args], env=self.env, stdout=out, stderr=out
+            [sys.executable, "-m", "logmesh", *self.args], env=self.env, stdout=out, stderr=out
         )
         return self
 

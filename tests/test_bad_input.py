@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.common.http import ApiError
-from services.common.model import EVENT_ADAPTER, Event, field_errors
-from services.ingest.body import parse_events
+from logmesh.common.http import ApiError
+from logmesh.common.model import EVENT_ADAPTER, Event, field_errors
+from logmesh.ingest.body import parse_events
 from tests.harness import Up, event, nats_publish
 
 pytestmark = pytest.mark.timeout(120)

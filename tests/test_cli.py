@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def logmesh(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=110)
+    return subprocess.run([sys.executable, "-m", "logmesh", *args], capture_output=True, text=True, timeout=110)
 
 
 def test_the_demo_workload_at_reduced_size_keeps_the_invariant() -> None:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from services.common.processes import free_port, nats_server_binary
+from logmesh.common.processes import free_port, nats_server_binary
 from tests.harness import wait_for
 
 pytestmark = pytest.mark.timeout(180)

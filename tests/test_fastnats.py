@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.fastnats import FastClient, hpub, pub, pub_each
+from logmesh.common.fastnats import FastClient, hpub, pub, pub_each
 from tests.harness import NatsServer
 
 RAW_SID = 7

@@ -13,10 +13,10 @@ import pyarrow.compute as pc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.common.model import EVENT_ADAPTER, Event
-from services.sink.arrow import incoming_table
-from services.sink.decode import Delivery, Rejected, decode_message, parse_headers
-from services.sink.fastpath import DECODE_SQL
+from logmesh.common.model import EVENT_ADAPTER, Event
+from logmesh.sink.arrow import incoming_table
+from logmesh.sink.decode import Delivery, Rejected, decode_message, parse_headers
+from logmesh.sink.fastpath import DECODE_SQL
 
 EPOCH = 1_700_000_000
 

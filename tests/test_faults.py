@@ -18,8 +18,8 @@ import httpx
 import orjson
 import pytest
 
-from services.cli.workload import SendReport, Workload, make_workload, send_http, send_nats
-from services.common.processes import free_port
+from logmesh.cli.workload import SendReport, Workload, make_workload, send_http, send_nats
+from logmesh.common.processes import free_port
 from tests.harness import (
     NatsServer,
     Service,

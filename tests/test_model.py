@@ -8,7 +8,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from services.common.model import EVENT_LIST_ADAPTER, Event, field_errors
+from logmesh.common.model import EVENT_LIST_ADAPTER, Event, field_errors
 
 GOOD = {
     "topic": "payments.eu-west_1",

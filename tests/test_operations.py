@@ -13,11 +13,11 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.cli.stack import combined_app
-from services.ingest.app import create_app as ingest_app
-from services.ingest.settings import IngestSettings
-from services.query.app import create_app as query_app
-from services.query.settings import QuerySettings
+from logmesh.cli.stack import combined_app
+from logmesh.ingest.app import create_app as ingest_app
+from logmesh.ingest.settings import IngestSettings
+from logmesh.query.app import create_app as query_app
+from logmesh.query.settings import QuerySettings
 from tests.harness import Up, event, nats_publish, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -82,14 +82,12 @@ async def _get_spec(app: Any) -> Any:
 
 
 def logmesh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", "logmesh", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_stats_and_tail_commands(up: Up) -> None:
     tail = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "tail", "--nats-url", up.nats_url, "--topic", "tailed", "--count", "2"],
+        [sys.executable, "-m", "logmesh", "tail", "--nats-url", up.nats_url, "--topic", "tailed", "--count", "2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

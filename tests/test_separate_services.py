@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.common.processes import free_port
+from logmesh.common.processes import free_port
 from tests.harness import NatsServer, Service, event, wait_for
 
 pytestmark = pytest.mark.timeout(120)

@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import orjson
 
-from services.sink.store import Store
+from logmesh.sink.store import Store
 
 
 def message(seq: int, event_id: str) -> tuple[bytes, bytes, bytes | None, bytes]:

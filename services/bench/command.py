@@ -23,9 +23,9 @@ import orjson
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.cli.runner import run
-from services.common.logs import setup_logging
-from services.common.settings import ENV_PREFIX, add_command, settings_from_args
+from logmesh.cli.runner import run
+from logmesh.common.logs import setup_logging
+from logmesh.common.settings import ENV_PREFIX, add_command, settings_from_args
 
 PARTS = ("ceiling", "native", "http-seed", "http", "scaling", "growth", "latency")
 
@@ -74,7 +74,7 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
 
 
 async def _bench(s: BenchSettings, parts: list[str]) -> dict[str, Any]:
-    from services.bench import latency, throughput  # only when benchmarking: they weigh on every start
+    from logmesh.bench import latency, throughput  # only when benchmarking: they weigh on every start
 
     out: dict[str, Any] = {"machine": machine(), "runs": s.runs}
     n, dup, topics = s.events, s.dup, s.topics
@@ -118,7 +118,7 @@ async def _bench(s: BenchSettings, parts: list[str]) -> dict[str, Any]:
 
 
 async def _growth(s: BenchSettings) -> dict[str, Any]:
-    from services.bench import growth
+    from logmesh.bench import growth
 
     n, dup, topics = s.growth_events, s.dup, s.topics
     empty = await _runs("sink, empty store", s.runs, lambda: growth.sink_drain(n, dup, topics, None))

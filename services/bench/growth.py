@@ -14,14 +14,14 @@ import duckdb
 import nats
 import orjson
 
-from services.bench.procs import peak_rss_mib
-from services.cli.workload import make_workload, send_nats
-from services.common.embedded import EmbeddedNats
-from services.common.jetstream import connect, wait_for_stream
-from services.common.processes import free_port, python_command, spawn, stop_process
-from services.common.settings import CommonSettings
-from services.sink.schema import KEY
-from services.sink.store import Store
+from logmesh.bench.procs import peak_rss_mib
+from logmesh.cli.workload import make_workload, send_nats
+from logmesh.common.embedded import EmbeddedNats
+from logmesh.common.jetstream import connect, wait_for_stream
+from logmesh.common.processes import free_port, python_command, spawn, stop_process
+from logmesh.common.settings import CommonSettings
+from logmesh.sink.schema import KEY
+from logmesh.sink.store import Store
 
 PRELOAD_CHUNK = 1_000_000
 

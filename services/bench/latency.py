@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import orjson
 
-from services.bench.procs import UpProcess
-from services.bench.throughput import NATIVE_BATCH, NATIVE_CLIENTS
-from services.cli.workload import make_workload, send_nats
+from logmesh.bench.procs import UpProcess
+from logmesh.bench.throughput import NATIVE_BATCH, NATIVE_CLIENTS
+from logmesh.cli.workload import make_workload, send_nats
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from services.common.processes import environment, free_port, python_command, spawn, stop_process
+from logmesh.common.processes import environment, free_port, python_command, spawn, stop_process
 
 
 class UpProcess:

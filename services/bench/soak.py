@@ -23,14 +23,14 @@ import nats
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.bench import truth
-from services.cli.runner import run
-from services.cli.workload import Workload, make_workload, send_http, send_nats
-from services.common.embedded import EmbeddedNats
-from services.common.jetstream import connect
-from services.common.logs import setup_logging
-from services.common.processes import free_port, python_command, spawn, stop_process
-from services.common.settings import ENV_PREFIX, add_command, settings_from_args
+from logmesh.bench import truth
+from logmesh.cli.runner import run
+from logmesh.cli.workload import Workload, make_workload, send_http, send_nats
+from logmesh.common.embedded import EmbeddedNats
+from logmesh.common.jetstream import connect
+from logmesh.common.logs import setup_logging
+from logmesh.common.processes import free_port, python_command, spawn, stop_process
+from logmesh.common.settings import ENV_PREFIX, add_command, settings_from_args
 
 
 class SoakSettings(BaseSettings):

@@ -15,15 +15,15 @@ from typing import Any
 import orjson
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from services.bench.procs import UpProcess, peak_rss_mib
-from services.cli.observe import wait_until_drained
-from services.cli.workload import SendReport, Workload, make_workload, send_http, send_nats
-from services.common.embedded import EmbeddedNats
-from services.common.fastnats import hpub, pub
-from services.common.jetstream import connect, ensure_stream
-from services.common.model import msg_id
-from services.common.processes import free_port
-from services.common.settings import CommonSettings
+from logmesh.bench.procs import UpProcess, peak_rss_mib
+from logmesh.cli.observe import wait_until_drained
+from logmesh.cli.workload import SendReport, Workload, make_workload, send_http, send_nats
+from logmesh.common.embedded import EmbeddedNats
+from logmesh.common.fastnats import hpub, pub
+from logmesh.common.jetstream import connect, ensure_stream
+from logmesh.common.model import msg_id
+from logmesh.common.processes import free_port
+from logmesh.common.settings import CommonSettings
 
 Sender = Callable[[UpProcess, Workload], Awaitable[SendReport]]
 

@@ -8,7 +8,7 @@ import orjson
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from services.common.jetstream import QUERY_SUBJECT_PREFIX, RECEIPT_SUBJECT
+from logmesh.common.jetstream import QUERY_SUBJECT_PREFIX, RECEIPT_SUBJECT
 
 
 async def stream_truth(nc: Client, stream: str = "LOGS") -> dict[str, int]:

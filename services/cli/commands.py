@@ -15,13 +15,13 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, model_validator
 
-from services.cli.observe import render_stats, wait_until_drained
-from services.cli.runner import run
-from services.cli.stack import Stack, UpSettings
-from services.cli.workload import Rejected, SendReport, make_workload, send_http, send_nats
-from services.common.logs import setup_logging
-from services.common.processes import free_port
-from services.common.settings import CommonSettings, add_command, settings_from_args
+from logmesh.cli.observe import render_stats, wait_until_drained
+from logmesh.cli.runner import run
+from logmesh.cli.stack import Stack, UpSettings
+from logmesh.cli.workload import Rejected, SendReport, make_workload, send_http, send_nats
+from logmesh.common.logs import setup_logging
+from logmesh.common.processes import free_port
+from logmesh.common.settings import CommonSettings, add_command, settings_from_args
 
 log = logging.getLogger("logmesh")
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.bench import command as bench
-from services.bench import soak
-from services.cli import commands, services, tail
+from logmesh import __version__
+from logmesh.bench import command as bench
+from logmesh.bench import soak
+from logmesh.cli import commands, services, tail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="logmesh",
         description="Pub-sub log aggregator: NATS JetStream in, each distinct event stored once in DuckDB.",
     )
+    parser.add_argument("--version", action="version", version=f"logmesh {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.register(sub)
     services.register(sub)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import uvloop
 from starlette.applications import Starlette
 
-from services.common.http import bound_port, make_server
+from logmesh.common.http import bound_port, make_server
 
 log = logging.getLogger("logmesh")
 

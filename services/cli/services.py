@@ -7,12 +7,12 @@ import asyncio
 import logging
 import signal
 
-from services.cli.runner import run, serve_http
-from services.common.logs import setup_logging
-from services.common.settings import add_command, settings_from_args
-from services.ingest.settings import IngestSettings
-from services.query.settings import QuerySettings
-from services.sink.settings import SinkSettings
+from logmesh.cli.runner import run, serve_http
+from logmesh.common.logs import setup_logging
+from logmesh.common.settings import add_command, settings_from_args
+from logmesh.ingest.settings import IngestSettings
+from logmesh.query.settings import QuerySettings
+from logmesh.sink.settings import SinkSettings
 
 log = logging.getLogger("logmesh")
 
@@ -21,7 +21,7 @@ log = logging.getLogger("logmesh")
 
 
 def ingest_command(args: argparse.Namespace) -> int:
-    from services.ingest.app import create_app
+    from logmesh.ingest.app import create_app
 
     settings = settings_from_args(IngestSettings, args)
     setup_logging(settings.log_level, settings.log_format)
@@ -36,7 +36,7 @@ def ingest_command(args: argparse.Namespace) -> int:
 
 
 def query_command(args: argparse.Namespace) -> int:
-    from services.query.app import create_app
+    from logmesh.query.app import create_app
 
     settings = settings_from_args(QuerySettings, args)
     setup_logging(settings.log_level, settings.log_format)
@@ -51,7 +51,7 @@ def query_command(args: argparse.Namespace) -> int:
 
 
 def sink_command(args: argparse.Namespace) -> int:
-    from services.sink.service import Sink
+    from logmesh.sink.service import Sink
 
     settings = settings_from_args(SinkSettings, args)
     setup_logging(settings.log_level, settings.log_format)

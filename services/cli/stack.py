@@ -14,14 +14,14 @@ from prometheus_client import CollectorRegistry
 from pydantic import Field
 from starlette.applications import Starlette
 
-from services.common.embedded import EmbeddedNats
-from services.common.http import bound_port, build_app, make_server
-from services.common.processes import python_command, spawn, stop_process
-from services.common.settings import CommonSettings, flag_name
-from services.ingest.app import Ingest
-from services.ingest.settings import IngestSettings
-from services.query.app import Query
-from services.query.settings import QuerySettings
+from logmesh.common.embedded import EmbeddedNats
+from logmesh.common.http import bound_port, build_app, make_server
+from logmesh.common.processes import python_command, spawn, stop_process
+from logmesh.common.settings import CommonSettings, flag_name
+from logmesh.ingest.app import Ingest
+from logmesh.ingest.settings import IngestSettings
+from logmesh.query.app import Query
+from logmesh.query.settings import QuerySettings
 
 log = logging.getLogger("logmesh")
 

@@ -11,12 +11,12 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from pydantic import Field
 
-from services.cli.runner import run
-from services.common.jetstream import LOG_SUBJECTS, close, connect, log_subject
-from services.common.logs import setup_logging
-from services.common.model import check_topic
-from services.common.settings import ServiceSettings, add_command, settings_from_args
-from services.sink.decode import Delivery, Rejected, decode_message
+from logmesh.cli.runner import run
+from logmesh.common.jetstream import LOG_SUBJECTS, close, connect, log_subject
+from logmesh.common.logs import setup_logging
+from logmesh.common.model import check_topic
+from logmesh.common.settings import ServiceSettings, add_command, settings_from_args
+from logmesh.sink.decode import Delivery, Rejected, decode_message
 
 
 class TailSettings(ServiceSettings):

@@ -17,9 +17,9 @@ import orjson
 from nats.js.errors import NotFoundError
 from tqdm import tqdm
 
-from services.common.jetstream import close, connect, log_subject
-from services.common.model import msg_id
-from services.common.publisher import AckedPublisher, Outgoing, Prepared, duplicates_by_topic, receipt_message
+from logmesh.common.jetstream import close, connect, log_subject
+from logmesh.common.model import msg_id
+from logmesh.common.publisher import AckedPublisher, Outgoing, Prepared, duplicates_by_topic, receipt_message
 
 LEVELS = ("debug", "info", "info", "info", "warning", "error")
 

@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from services.common.processes import nats_server_binary, port_in_use, spawn, stop_process
+from logmesh.common.processes import nats_server_binary, port_in_use, spawn, stop_process
 
 
 class EmbeddedNats:

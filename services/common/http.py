@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.common.metrics import RequestMetrics, metrics_route
-from services.common.openapi import HEALTH_PATHS, openapi
+from logmesh.common.metrics import RequestMetrics, metrics_route
+from logmesh.common.openapi import HEALTH_PATHS, openapi
 
 log = logging.getLogger("logmesh.http")
 

@@ -22,8 +22,8 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
-from services.common.fastnats import FastClient
-from services.common.settings import CommonSettings
+from logmesh.common.fastnats import FastClient
+from logmesh.common.settings import CommonSettings
 
 log = logging.getLogger("logmesh.nats")
 

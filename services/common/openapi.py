@@ -8,7 +8,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
-from services.common.model import Event, FieldError
+from logmesh import __version__
+from logmesh.common.model import Event, FieldError
 
 REF = "#/components/schemas/{model}"
 
@@ -219,7 +220,7 @@ def openapi(title: str, *path_groups: dict[str, Any]) -> dict[str, Any]:
     paths["/openapi.json"] = {"get": {"summary": "This description", "responses": {"200": {"description": "OK"}}}}
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": "0.1.0"},
+        "info": {"title": title, "version": __version__},
         "paths": paths,
         "components": {"schemas": definitions["$defs"]},
     }

@@ -61,7 +61,7 @@ async def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> int:
 
 def python_command(*args: str) -> list[str]:
     """How to run a logmesh command in a child process with this same interpreter."""
-    return [sys.executable, "-m", "services.cli", *args]
+    return [sys.executable, "-m", "logmesh", *args]
 
 
 def nats_server_binary() -> str:

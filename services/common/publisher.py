@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import orjson
 from nats.aio.subscription import Subscription
 
-from services.common.fastnats import FastClient, hpub
-from services.common.jetstream import MSG_ID_HEADER, RECEIPT_SUBJECT
+from logmesh.common.fastnats import FastClient, hpub
+from logmesh.common.jetstream import MSG_ID_HEADER, RECEIPT_SUBJECT
 
 STORED = 0
 DUPLICATE = 1

@@ -16,15 +16,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.common.failpoints import Failpoints
-from services.common.fastnats import FastClient
-from services.common.http import ApiError, FastJSONResponse, build_app
-from services.common.jetstream import NatsLink, log_subject, wait_for_stream
-from services.common.model import EVENT_ADAPTER, Event
-from services.common.openapi import INGEST_PATHS
-from services.common.publisher import AckedPublisher, Outgoing, duplicates_by_topic, receipt_message
-from services.ingest.body import check_content_type, parse_events, read_body
-from services.ingest.settings import IngestSettings
+from logmesh.common.failpoints import Failpoints
+from logmesh.common.fastnats import FastClient
+from logmesh.common.http import ApiError, FastJSONResponse, build_app
+from logmesh.common.jetstream import NatsLink, log_subject, wait_for_stream
+from logmesh.common.model import EVENT_ADAPTER, Event
+from logmesh.common.openapi import INGEST_PATHS
+from logmesh.common.publisher import AckedPublisher, Outgoing, duplicates_by_topic, receipt_message
+from logmesh.ingest.body import check_content_type, parse_events, read_body
+from logmesh.ingest.settings import IngestSettings
 
 log = logging.getLogger("logmesh.ingest")
 

@@ -9,8 +9,8 @@ import orjson
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect, Request
 
-from services.common.http import ApiError
-from services.common.model import EVENT_ADAPTER, EVENT_LIST_ADAPTER, Event, field_errors
+from logmesh.common.http import ApiError
+from logmesh.common.model import EVENT_ADAPTER, EVENT_LIST_ADAPTER, Event, field_errors
 
 JSON_TYPES = ("application/json",)
 

@@ -24,12 +24,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from services.common.http import ApiError, FastJSONResponse, build_app
-from services.common.jetstream import QUERY_SUBJECT_PREFIX, NatsLink
-from services.common.model import check_event_id, check_topic
-from services.common.openapi import QUERY_PATHS
-from services.query.settings import QuerySettings
-from services.query.stats import StatsView
+from logmesh.common.http import ApiError, FastJSONResponse, build_app
+from logmesh.common.jetstream import QUERY_SUBJECT_PREFIX, NatsLink
+from logmesh.common.model import check_event_id, check_topic
+from logmesh.common.openapi import QUERY_PATHS
+from logmesh.query.settings import QuerySettings
+from logmesh.query.stats import StatsView
 
 log = logging.getLogger("logmesh.query")
 
@@ -148,7 +148,7 @@ class Query:
 @functools.cache
 def _dashboard() -> str:
     """The live dashboard: one page, no build step; it polls /stats, /events and /dead-letters."""
-    return resources.files("services.query").joinpath("dashboard.html").read_text(encoding="utf-8")
+    return resources.files("logmesh.query").joinpath("dashboard.html").read_text(encoding="utf-8")
 
 
 def _invalid(field: str, message: str) -> ApiError:

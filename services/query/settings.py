@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from services.common.settings import HttpSettings
+from logmesh.common.settings import HttpSettings
 
 
 class QuerySettings(HttpSettings):

@@ -16,7 +16,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from services.common.http import ApiError
+from logmesh.common.http import ApiError
 
 REFRESH_EVERY = 0.25
 # Older than this, the snapshot is not served: the request waits for a fresh one (or fails with it).

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from services.sink.counters import Counters
-from services.sink.decode import RawMsg, SlowDecoded
-from services.sink.seqranges import SeqRanges
+from logmesh.sink.counters import Counters
+from logmesh.sink.decode import RawMsg, SlowDecoded
+from logmesh.sink.seqranges import SeqRanges
 
 TIMESTAMP = pa.timestamp("us")
 CANDIDATE_SCHEMA = pa.schema(

@@ -22,8 +22,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
 from pydantic_core import PydanticCustomError
 
-from services.common.jetstream import LOG_SUBJECT_PREFIX, MSG_ID_HEADER, RECEIPT_SUBJECT, SOURCE_HEADER
-from services.common.model import SOURCE_MAX, StreamEvent, Topic, check_event_id, check_topic, field_errors
+from logmesh.common.jetstream import LOG_SUBJECT_PREFIX, MSG_ID_HEADER, RECEIPT_SUBJECT, SOURCE_HEADER
+from logmesh.common.model import SOURCE_MAX, StreamEvent, Topic, check_event_id, check_topic, field_errors
 
 # A message as it comes off the wire: subject, reply ($JS.ACK...), raw header block or None, payload.
 RawMsg = tuple[bytes, bytes, bytes | None, bytes]

@@ -19,8 +19,8 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.common.jetstream import QUERY_SUBJECT_PREFIX, SINK_SERVICE_NAME
-from services.common.model import EventId, Topic
+from logmesh.common.jetstream import QUERY_SUBJECT_PREFIX, SINK_SERVICE_NAME
+from logmesh.common.model import EventId, Topic
 
 log = logging.getLogger("logmesh.sink")
 

@@ -15,10 +15,10 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_se
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from services.common.metrics import LATENCY_BUCKETS
+from logmesh.common.metrics import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
-    from services.sink.service import Sink
+    from logmesh.sink.service import Sink
 
 log = logging.getLogger("logmesh.sink")
 

@@ -19,8 +19,8 @@ import nats
 import orjson
 from nats.aio.subscription import Subscription
 
-from services.common.fastnats import FastClient, pub, pub_each
-from services.sink.decode import RawMsg
+from logmesh.common.fastnats import FastClient, pub, pub_each
+from logmesh.sink.decode import RawMsg
 
 log = logging.getLogger("logmesh.sink")
 

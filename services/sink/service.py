@@ -13,22 +13,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from importlib.metadata import version
 from typing import Any
 
 import nats
 from nats.js import JetStreamContext
 
-from services.common.failpoints import POISON_MARKER, Failpoints
-from services.common.fastnats import FastClient
-from services.common.jetstream import close, connect, ensure_consumer, wait_for_stream
-from services.sink.decode import Delivery, RawMsg, delivery_count
-from services.sink.endpoints import DeadLettersQuery, EventQuery, EventsQuery, start_query_service
-from services.sink.metrics import SinkMetrics
-from services.sink.puller import Puller
-from services.sink.settings import SinkSettings
-from services.sink.suspects import CrashJournal
-from services.sink.writer import Writer
+from logmesh import __version__
+from logmesh.common.failpoints import POISON_MARKER, Failpoints
+from logmesh.common.fastnats import FastClient
+from logmesh.common.jetstream import close, connect, ensure_consumer, wait_for_stream
+from logmesh.sink.decode import Delivery, RawMsg, delivery_count
+from logmesh.sink.endpoints import DeadLettersQuery, EventQuery, EventsQuery, start_query_service
+from logmesh.sink.metrics import SinkMetrics
+from logmesh.sink.puller import Puller
+from logmesh.sink.settings import SinkSettings
+from logmesh.sink.suspects import CrashJournal
+from logmesh.sink.writer import Writer
 
 log = logging.getLogger("logmesh.sink")
 
@@ -69,7 +69,7 @@ class Sink:
             assert info.created is not None
             await self.writer.use_stream(info.created)
             await ensure_consumer(js, s.stream, s.consumer, ack_wait=s.ack_wait, max_ack_pending=s.max_ack_pending)
-            service, _ = await start_query_service(nc, self, version("logmesh"))
+            service, _ = await start_query_service(nc, self, __version__)
             self._puller = puller = Puller(nc, s.stream, s.consumer, batch=s.batch_size, max_buffered=2 * s.batch_size)
             await puller.start()
             port = self.metrics.serve(s.metrics_host, s.metrics_port)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from services.common.settings import ServiceSettings
+from logmesh.common.settings import ServiceSettings
 
 
 class SinkSettings(ServiceSettings):

@@ -25,8 +25,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from services.common.failpoints import Failpoints
-from services.sink.arrow import (
+from logmesh.common.failpoints import Failpoints
+from logmesh.sink.arrow import (
     CANDIDATE_SCHEMA,
     counts_by_topic,
     first_deliveries,
@@ -36,12 +36,12 @@ from services.sink.arrow import (
     topics_table,
     with_ids,
 )
-from services.sink.counters import Counters, TopicCounts
-from services.sink.decode import RawMsg, SlowDecoded, decode_slow, refused
-from services.sink.fastpath import DECODE_SQL
-from services.sink.reads import Reader
-from services.sink.schema import KEY, SCHEMA, SCHEMA_VERSION
-from services.sink.seqranges import SeqRanges
+from logmesh.sink.counters import Counters, TopicCounts
+from logmesh.sink.decode import RawMsg, SlowDecoded, decode_slow, refused
+from logmesh.sink.fastpath import DECODE_SQL
+from logmesh.sink.reads import Reader
+from logmesh.sink.schema import KEY, SCHEMA, SCHEMA_VERSION
+from logmesh.sink.seqranges import SeqRanges
 
 
 class KeyCollision(Exception):

@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TypeVar
 
-from services.common.failpoints import Failpoints
-from services.sink.counters import Counters
-from services.sink.decode import RawMsg
-from services.sink.seqranges import SeqRanges
-from services.sink.settings import SinkSettings
-from services.sink.store import CommitResult, Store
+from logmesh.common.failpoints import Failpoints
+from logmesh.sink.counters import Counters
+from logmesh.sink.decode import RawMsg
+from logmesh.sink.seqranges import SeqRanges
+from logmesh.sink.settings import SinkSettings
+from logmesh.sink.store import CommitResult, Store
 
 log = logging.getLogger("logmesh.sink")
 T = TypeVar("T")

@@ -1,5 +1,0 @@
-import sys
-
-from services.cli.main import main
-
-sys.exit(main())
