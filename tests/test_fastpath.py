@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from logmesh.common.model import EVENT_ADAPTER, Event
+from logmesh.common.wire import Delivery, parse_headers
 from logmesh.sink.arrow import incoming_table
-from logmesh.sink.decode import Delivery, Rejected, decode_message, parse_headers
+from logmesh.sink.decode import Rejected, decode_message
 from logmesh.sink.fastpath import DECODE_SQL
 
 EPOCH = 1_700_000_000

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
 from logmesh import __version__
-from logmesh.common.model import Event, FieldError
+from logmesh.common.model import TOPIC_SCHEMA, Event, FieldError
 
 REF = "#/components/schemas/{model}"
 
@@ -139,7 +139,7 @@ _PAGE = [
     _query("cursor", {"type": "string", "pattern": "^[0-9]{1,19}$"}, "next_cursor of the previous page"),
     _query("order", {"type": "string", "enum": ["asc", "desc"]}, "insertion order, or newest first"),
 ]
-_TOPIC = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"}
+_TOPIC = TOPIC_SCHEMA
 
 INGEST_PATHS: dict[str, Any] = {
     "/publish": {

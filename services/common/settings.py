@@ -36,6 +36,11 @@ class ServiceSettings(CommonSettings):
     """What every service needs: where NATS is, and the common settings."""
 
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
+    nats_io: Literal["fast", "plain"] = Field(
+        "fast",
+        description="hot NATS paths: 'fast' (raw wire parser and bulk writes on nats-py internals) or 'plain' "
+        "(nats-py's public API only)",
+    )
     failpoints: str = Field("", description="testing aid: name=action,... (see services/common/failpoints.py)")
 
 

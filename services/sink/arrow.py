@@ -10,8 +10,9 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from logmesh.common.wire import WireMsg
 from logmesh.sink.counters import Counters
-from logmesh.sink.decode import RawMsg, SlowDecoded
+from logmesh.sink.decode import SlowDecoded
 from logmesh.sink.seqranges import SeqRanges
 
 TIMESTAMP = pa.timestamp("us")
@@ -49,12 +50,12 @@ def first_deliveries(seq: pa.ChunkedArray, committed: SeqRanges) -> pa.Array:
     return new
 
 
-def incoming_table(msgs: Sequence[RawMsg]) -> pa.Table:
+def incoming_table(msgs: Sequence[WireMsg]) -> pa.Table:
     # Several record batches, so that DuckDB decodes them on all its threads.
     return pa.Table.from_batches(_one_chunk(msgs).to_batches(max_chunksize=max(512, len(msgs) // 4)))
 
 
-def _one_chunk(msgs: Sequence[RawMsg]) -> pa.Table:
+def _one_chunk(msgs: Sequence[WireMsg]) -> pa.Table:
     return pa.table(
         {
             "i": pa.array(range(len(msgs)), pa.uint32()),

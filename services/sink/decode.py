@@ -24,37 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from logmesh.common.jetstream import LOG_SUBJECT_PREFIX, MSG_ID_HEADER, RECEIPT_SUBJECT, SOURCE_HEADER
 from logmesh.common.model import SOURCE_MAX, StreamEvent, Topic, check_event_id, check_topic, field_errors
-
-# A message as it comes off the wire: subject, reply ($JS.ACK...), raw header block or None, payload.
-RawMsg = tuple[bytes, bytes, bytes | None, bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """What the ack subject of a JetStream message says about it."""
-
-    stream_seq: int
-    delivered: int
-    stream_time_ns: int
-
-    @classmethod
-    def from_reply(cls, reply: bytes) -> Delivery:
-        tokens, base = _ack_tokens(reply)
-        return cls(int(tokens[base + 1]), int(tokens[base]), int(tokens[base + 3]))
-
-
-def delivery_count(reply: bytes) -> int:
-    """How many times JetStream has delivered the message, read from its ack subject."""
-    tokens, base = _ack_tokens(reply)
-    return int(tokens[base])
-
-
-def _ack_tokens(reply: bytes) -> tuple[list[bytes], int]:
-    """The tokens of an ack subject, and where <delivered> is among them:
-    $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>, or, from servers that add a
-    domain and account hash, $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>..."""
-    tokens = reply.split(b".")
-    return tokens, 4 if len(tokens) == 9 else 6
+from logmesh.common.wire import Delivery, WireMsg, parse_headers
 
 
 @dataclass(slots=True)
@@ -199,19 +169,7 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def parse_headers(block: bytes | None) -> dict[str, str] | None:
-    """``NATS/1.0\r\nName: value\r\n...``, read as nats-py reads it: names and values stripped."""
-    if not block:
-        return None
-    headers: dict[str, str] = {}
-    for line in block.split(b"\r\n")[1:]:
-        name, sep, value = line.partition(b":")
-        if sep:
-            headers[name.strip().decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
-    return headers
-
-
-def decode_slow(msgs: Sequence[RawMsg], positions: Iterable[int], stream_epoch: int) -> SlowDecoded:
+def decode_slow(msgs: Sequence[WireMsg], positions: Iterable[int], stream_epoch: int) -> SlowDecoded:
     """Runs the reference decoder on the messages at ``positions`` (first deliveries only)."""
     out = SlowDecoded()
     for i in positions:
@@ -233,7 +191,7 @@ def decode_slow(msgs: Sequence[RawMsg], positions: Iterable[int], stream_epoch: 
     return out
 
 
-def refused(msgs: Sequence[RawMsg], positions: Iterable[int], reason: str) -> SlowDecoded:
+def refused(msgs: Sequence[WireMsg], positions: Iterable[int], reason: str) -> SlowDecoded:
     """Dead letters for messages the store refused although it takes writes."""
     out = SlowDecoded()
     for i in positions:

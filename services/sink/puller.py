@@ -20,7 +20,7 @@ import orjson
 from nats.aio.subscription import Subscription
 
 from logmesh.common.fastnats import FastClient, pub, pub_each
-from logmesh.sink.decode import RawMsg
+from logmesh.common.wire import WireMsg
 
 log = logging.getLogger("logmesh.sink")
 
@@ -46,7 +46,7 @@ class Puller:
         self._max_buffered = max(max_buffered, batch)
         self._expires = expires
         self._max_bytes = max_bytes
-        self._buffer: deque[RawMsg] = deque()
+        self._buffer: deque[WireMsg] = deque()
         self._arrived = asyncio.Event()
         self._filled = asyncio.Event()
         self._oldest_at = 0.0
@@ -94,7 +94,7 @@ class Puller:
             return
         if not self._buffer:
             self._oldest_at = time.monotonic()
-        self._buffer.append((subject, reply, headers, data))
+        self._buffer.append(WireMsg(subject, reply, headers, data))
         self._received += 1
         self._arrived.set()
         if len(self._buffer) >= self._batch:
@@ -110,7 +110,7 @@ class Puller:
         # The next request goes out from take(), which may await; wake it if it waits.
         self._arrived.set()
 
-    async def take(self, limit: int, wait: float, linger: float = 0.0) -> list[RawMsg]:
+    async def take(self, limit: int, wait: float, linger: float = 0.0) -> list[WireMsg]:
         """Up to ``limit`` buffered messages in delivery order; waits at most ``wait`` seconds for one,
         then until a full batch is buffered or the oldest message has waited ``linger`` seconds. Every
         commit costs about 20 ms whatever its size, so a short linger under moderate load saves CPU
@@ -143,7 +143,7 @@ class Puller:
         self._arrived.set()
         self._filled.set()
 
-    def held(self) -> list[RawMsg]:
+    def held(self) -> list[WireMsg]:
         return list(self._buffer)
 
     @property
@@ -166,7 +166,7 @@ class Puller:
             await self._sub.unsubscribe()
             self._sub = None
 
-    async def settle(self, msgs: list[RawMsg], terminate: dict[int, str]) -> None:
+    async def settle(self, msgs: list[WireMsg], terminate: dict[int, str]) -> None:
         """Acks every message, except those at the positions in ``terminate``, which are terminated with
         their reason: all in one write. Without a connection the acks are lost, which is safe: JetStream
         redelivers the messages and the sink recognises them as committed."""
@@ -174,7 +174,7 @@ class Puller:
         acks = [m[1] for i, m in enumerate(msgs) if i not in terminate] if terminate else [m[1] for m in msgs]
         await self._send([*terms, pub_each(acks, ACK)])
 
-    async def in_progress(self, msgs: Iterable[RawMsg]) -> None:
+    async def in_progress(self, msgs: Iterable[WireMsg]) -> None:
         """Resets ``ack_wait`` for messages still being worked on, so JetStream does not redeliver them."""
         await self._send([pub_each([m[1] for m in msgs], IN_PROGRESS)])
 

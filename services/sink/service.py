@@ -22,7 +22,7 @@ from logmesh import __version__
 from logmesh.common.failpoints import POISON_MARKER, Failpoints
 from logmesh.common.fastnats import FastClient
 from logmesh.common.jetstream import close, connect, ensure_consumer, wait_for_stream
-from logmesh.sink.decode import Delivery, RawMsg, delivery_count
+from logmesh.common.wire import Delivery, WireMsg, delivery_count
 from logmesh.sink.endpoints import DeadLettersQuery, EventQuery, EventsQuery, start_query_service
 from logmesh.sink.metrics import SinkMetrics
 from logmesh.sink.puller import Puller
@@ -49,7 +49,7 @@ class Sink:
         self.last_commit_at: float | None = None
         self.batches = 0
         self._puller: Puller | None = None
-        self._in_flight: list[RawMsg] = []
+        self._in_flight: list[WireMsg] = []
         self._journal = CrashJournal(settings.data_dir / "suspect.json")
         self.metrics = SinkMetrics(self)
 
@@ -105,7 +105,7 @@ class Sink:
             await self.writer.close()
             log.info("sink stopped")
 
-    async def _handle(self, msgs: list[RawMsg], stopping: asyncio.Event) -> None:
+    async def _handle(self, msgs: list[WireMsg], stopping: asyncio.Event) -> None:
         """Commits a batch. A message delivered more than ``poison_after`` times may be what keeps
         stopping the sink: such messages are committed one by one, under the crash journal
         (suspects.py), so that the one to blame is set aside and the others are not held back."""
@@ -151,7 +151,7 @@ class Sink:
             if held:
                 await puller.in_progress(held)
 
-    async def _process(self, msgs: list[RawMsg], stopping: asyncio.Event, refuse: str | None = None) -> bool:
+    async def _process(self, msgs: list[WireMsg], stopping: asyncio.Event, refuse: str | None = None) -> bool:
         """Commits a batch, then settles it with JetStream. While the store is broken it keeps
         retrying; False only when stopping first."""
         self._in_flight = msgs
@@ -160,7 +160,7 @@ class Sink:
         finally:
             self._in_flight = []
 
-    async def _commit(self, msgs: list[RawMsg], stopping: asyncio.Event, refuse: str | None) -> bool:
+    async def _commit(self, msgs: list[WireMsg], stopping: asyncio.Event, refuse: str | None) -> bool:
         delay = 0.25
         self.failpoints.hit("sink.before_commit")
         if refuse is None and self.failpoints.active("sink.poison") and any(POISON_MARKER in m[3] for m in msgs):
@@ -208,7 +208,7 @@ class Sink:
             return False
         return await self.writer.probe()
 
-    async def _isolate(self, msgs: list[RawMsg], stopping: asyncio.Event) -> bool:
+    async def _isolate(self, msgs: list[WireMsg], stopping: asyncio.Event) -> bool:
         if len(msgs) == 1:
             return await self._commit(msgs, stopping, f"the store refused it: {self.last_error}")
         half = len(msgs) // 2

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -10,6 +11,11 @@ from logmesh.common.settings import ServiceSettings
 class SinkSettings(ServiceSettings):
     data_dir: Path = Field(Path("data"), description="directory of the DuckDB file")
     consumer: str = Field("sink", description="durable consumer name")
+    decoder: Literal["sql", "reference"] = Field(
+        "sql",
+        description="batch decoding: 'sql' (one DuckDB query per batch, the reference decoder for what it leaves) "
+        "or 'reference' (the reference decoder for every message)",
+    )
     batch_size: int = Field(
         20_000,
         ge=1,

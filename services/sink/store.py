@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from logmesh.common.failpoints import Failpoints
+from logmesh.common.wire import WireMsg
 from logmesh.sink.arrow import (
     CANDIDATE_SCHEMA,
     counts_by_topic,
@@ -37,7 +38,7 @@ from logmesh.sink.arrow import (
     with_ids,
 )
 from logmesh.sink.counters import Counters, TopicCounts
-from logmesh.sink.decode import RawMsg, SlowDecoded, decode_slow, refused
+from logmesh.sink.decode import SlowDecoded, decode_slow, refused
 from logmesh.sink.fastpath import DECODE_SQL
 from logmesh.sink.reads import Reader
 from logmesh.sink.schema import KEY, SCHEMA, SCHEMA_VERSION
@@ -167,7 +168,7 @@ class Store:
 
     def commit(
         self,
-        msgs: Sequence[RawMsg],
+        msgs: Sequence[WireMsg],
         counters: Counters,
         committed: SeqRanges,
         stream_epoch: int,

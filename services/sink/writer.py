@@ -10,8 +10,8 @@ from datetime import datetime
 from typing import TypeVar
 
 from logmesh.common.failpoints import Failpoints
+from logmesh.common.wire import WireMsg
 from logmesh.sink.counters import Counters
-from logmesh.sink.decode import RawMsg
 from logmesh.sink.seqranges import SeqRanges
 from logmesh.sink.settings import SinkSettings
 from logmesh.sink.store import CommitResult, Store
@@ -79,7 +79,7 @@ class Writer:
             self.committed = SeqRanges()
             self.stream_epoch = epoch
 
-    async def commit(self, msgs: list[RawMsg], refuse: str | None = None) -> CommitResult:
+    async def commit(self, msgs: list[WireMsg], refuse: str | None = None) -> CommitResult:
         counters, committed, epoch = self.counters, self.committed, self.stream_epoch_id
         result = await self._run(lambda: self.store.commit(msgs, counters, committed, epoch, refuse))
         self.counters, self.committed = result.counters, result.committed
