@@ -21,9 +21,11 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from logmesh.common.metrics import RequestMetrics, metrics_route
 from logmesh.common.openapi import HEALTH_PATHS, openapi
+from logmesh.common.security_headers import SecurityHeaders
 
 log = logging.getLogger("logmesh.http")
 
@@ -157,9 +159,18 @@ class Component(Protocol):
     async def readiness(self) -> dict[str, Any]: ...
 
 
+class _SecuredApp(Starlette):
+    """Starlette with :class:`SecurityHeaders` around its whole middleware stack: a middleware
+    passed to Starlette sits inside ``ServerErrorMiddleware`` and would miss its 500 answers."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 def build_app(title: str, components: Sequence[Component], registry: CollectorRegistry) -> Starlette:
     """One Starlette app serving the components' routes, with ``/healthz``, ``/readyz``,
-    ``/openapi.json`` and ``/metrics``, the one error shape, and request metrics."""
+    ``/openapi.json`` and ``/metrics``, the one error shape, request metrics, and the security
+    headers on every answer."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -172,7 +183,7 @@ def build_app(title: str, components: Sequence[Component], registry: CollectorRe
     spec = openapi(title, *(c.openapi_paths for c in components), HEALTH_PATHS)
     routes = [route for c in components for route in c.routes()]
     routes += [*health_routes([c.readiness for c in components]), openapi_route(spec), metrics_route(registry)]
-    return Starlette(
+    return _SecuredApp(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

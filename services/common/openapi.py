@@ -167,8 +167,29 @@ QUERY_PATHS: dict[str, Any] = {
     "/": {
         "get": {
             "summary": "The live dashboard (HTML)",
-            "responses": {"200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}},
+            "responses": {
+                "200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}},
+                "304": {"description": "Not modified (If-None-Match)"},
+            },
         }
+    },
+    # The dashboard's files; the page links each as <file>?v=<content hash>, which may be cached for good.
+    **{
+        path: {
+            "get": {
+                "summary": summary,
+                "parameters": [_query("v", {"type": "string"}, "content hash; the current one makes it cacheable")],
+                "responses": {
+                    "200": {"description": "OK", "content": {media_type: {"schema": {"type": "string"}}}},
+                    "304": {"description": "Not modified (If-None-Match)"},
+                },
+            }
+        }
+        for path, summary, media_type in [
+            ("/dashboard.css", "The dashboard's stylesheet", "text/css"),
+            ("/dashboard.js", "The dashboard's script", "text/javascript"),
+            ("/favicon.ico", "The dashboard's icon (PNG)", "image/png"),
+        ]
     },
     "/stats": {"get": {"summary": "Counters, topics, lag", "responses": _responses("200", "Stats", "503", "504")}},
     "/events": {

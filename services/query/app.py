@@ -6,10 +6,8 @@ request/reply and reads lag and size straight from JetStream.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -21,13 +19,14 @@ from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from logmesh.common.http import ApiError, FastJSONResponse, build_app
 from logmesh.common.jetstream import QUERY_SUBJECT_PREFIX, NatsLink
 from logmesh.common.model import check_event_id, check_topic
 from logmesh.common.openapi import QUERY_PATHS
+from logmesh.query.dashboard import dashboard_routes
 from logmesh.query.settings import QuerySettings
 from logmesh.query.stats import StatsView
 
@@ -121,12 +120,9 @@ class Query:
         next_cursor = str(letters[-1]["id"]) if len(letters) == query["limit"] else None
         return FastJSONResponse({"dead_letters": letters, "count": len(letters), "next_cursor": next_cursor})
 
-    async def dashboard(self, request: Request) -> Response:
-        return HTMLResponse(_dashboard())
-
     def routes(self) -> list[Route]:
         return [
-            Route("/", self.dashboard, methods=["GET"]),
+            *dashboard_routes(),
             Route("/stats", self.stats, methods=["GET"]),
             Route("/events", self.list_events, methods=["GET"]),
             Route("/events/{topic}/{event_id:path}", self.get_event, methods=["GET"]),
@@ -143,12 +139,6 @@ class Query:
             except ApiError as exc:
                 sink["error"] = exc.message
         return {"nats": {"ok": nats_ok}, "sink": sink}
-
-
-@functools.cache
-def _dashboard() -> str:
-    """The live dashboard: one page, no build step; it polls /stats, /events and /dead-letters."""
-    return resources.files("logmesh.query").joinpath("dashboard.html").read_text(encoding="utf-8")
 
 
 def _invalid(field: str, message: str) -> ApiError:
