@@ -20,8 +20,16 @@ from logmesh.cli.runner import run
 from logmesh.cli.stack import Stack, UpSettings
 from logmesh.cli.workload import Rejected, SendReport, make_workload, send_http, send_nats
 from logmesh.common.logs import setup_logging
-from logmesh.common.processes import free_port
-from logmesh.common.settings import CommonSettings, add_command, settings_from_args
+from logmesh.common.settings import (
+    CommonSettings,
+    DataDirPath,
+    EmbeddedNatsPort,
+    HttpListen,
+    ListenPort,
+    NatsPort,
+    add_command,
+    settings_from_args,
+)
 
 log = logging.getLogger("logmesh")
 
@@ -105,12 +113,13 @@ def _report_line(report: SendReport, unique: int, elapsed: float) -> str:
     )
 
 
-class DemoSettings(WorkloadSettings):
+class DemoSettings(WorkloadSettings, HttpListen, EmbeddedNatsPort):
+    """Scratch resources by default: a temporary data directory and free ports."""
+
     log_level: Literal["debug", "info", "warning", "error"] = Field("warning", description="log level")
-    data_dir: Path | None = Field(None, description="keep the data here instead of a temporary directory")
-    host: str = Field("127.0.0.1", description="HTTP listen address")
-    http_port: int = Field(0, ge=0, le=65535, description="HTTP port (0 picks a free one)")
-    nats_port: int = Field(0, ge=0, le=65535, description="embedded nats-server port (0 picks a free one)")
+    data_dir: DataDirPath | None = Field(None, description="keep the data here instead of a temporary directory")
+    http_port: ListenPort = 0
+    nats_port: NatsPort = 0
     serve: bool = Field(False, description="keep running after the workload, until Ctrl+C")
 
 
@@ -125,7 +134,7 @@ def demo_command(args: argparse.Namespace) -> int:
         data_dir=data_dir,
         host=settings.host,
         http_port=settings.http_port,
-        nats_port=settings.nats_port or free_port(),
+        nats_port=settings.nats_port,
         metrics_port=0,
     )
     workload = make_workload(settings.events, settings.dup, settings.topics, settings.run_id)

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -16,8 +15,15 @@ from starlette.applications import Starlette
 
 from logmesh.common.embedded import EmbeddedNats
 from logmesh.common.http import bound_port, build_app, make_server
-from logmesh.common.processes import python_command, spawn, stop_process
-from logmesh.common.settings import CommonSettings, flag_name
+from logmesh.common.processes import free_port, python_command, spawn, stop_process
+from logmesh.common.settings import (
+    CommonSettings,
+    DataDir,
+    EmbeddedNatsPort,
+    HttpListen,
+    SinkMetricsPort,
+    flag_name,
+)
 from logmesh.ingest.app import Ingest
 from logmesh.ingest.settings import IngestSettings
 from logmesh.query.app import Query
@@ -26,13 +32,8 @@ from logmesh.query.settings import QuerySettings
 log = logging.getLogger("logmesh")
 
 
-class UpSettings(CommonSettings):
-    data_dir: Path = Field(Path("data"), description="directory for the DuckDB file and the JetStream store")
-    host: str = Field("127.0.0.1", description="HTTP listen address")
-    http_port: int = Field(8080, ge=0, le=65535, description="HTTP port for ingest and query (0 picks one)")
-    nats_port: int = Field(4222, ge=1, le=65535, description="port of the embedded nats-server")
+class UpSettings(CommonSettings, DataDir, HttpListen, EmbeddedNatsPort, SinkMetricsPort):
     nats_url: str | None = Field(None, description="use this NATS server instead of starting one")
-    metrics_port: int = Field(9464, ge=0, le=65535, description="port of the sink's Prometheus endpoint")
 
 
 def combined_app(ingest_settings: IngestSettings, query_settings: QuerySettings) -> Starlette:
@@ -73,7 +74,7 @@ class Stack:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         if not s.nats_url:
-            self.nats = EmbeddedNats(s.data_dir / "nats", port=s.nats_port)
+            self.nats = EmbeddedNats(s.data_dir / "nats", port=s.nats_port or free_port())
             await self.nats.start()
             self.nats_url = self.nats.url
         self._start_sink()
