@@ -16,9 +16,10 @@ import httpx
 from pydantic import Field, model_validator
 
 from logmesh.cli.observe import render_stats, wait_until_drained
-from logmesh.cli.runner import run
+from logmesh.cli.runner import refuse, run
 from logmesh.cli.stack import Stack, UpSettings
 from logmesh.cli.workload import Rejected, SendReport, make_workload, send_http, send_nats
+from logmesh.common.claims import Refused
 from logmesh.common.logs import setup_logging
 from logmesh.common.settings import (
     CommonSettings,
@@ -42,6 +43,9 @@ def up_command(args: argparse.Namespace) -> int:
         stack = Stack(settings)
         try:
             await stack.start()
+        except Refused as exc:
+            await stack.stop()
+            return refuse("up", exc)
         except (RuntimeError, OSError) as exc:
             log.error("%s", exc)
             await stack.stop()
@@ -140,9 +144,12 @@ def demo_command(args: argparse.Namespace) -> int:
     workload = make_workload(settings.events, settings.dup, settings.topics, settings.run_id)
 
     async def main(stopping: asyncio.Event) -> int:
-        stack = Stack(up, sink_log_level="warning")
+        stack = Stack(up, command="demo", sink_log_level="warning")
         try:
-            await stack.start()
+            try:
+                await stack.start()
+            except Refused as exc:
+                return refuse("demo", exc)
             print(f"logmesh demo: {stack.http_url}  NATS {stack.nats_url}  data {data_dir}", flush=True)
             print(
                 f"sending {settings.events:,} events ({workload.duplicates:,} duplicates, {settings.topics} topics) "

@@ -4,8 +4,8 @@ plus query routes on one HTTP port. ``logmesh up``, ``demo`` and ``bench`` run i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import socket
 import subprocess
 from typing import Any
 
@@ -13,9 +13,11 @@ from prometheus_client import CollectorRegistry
 from pydantic import Field
 from starlette.applications import Starlette
 
+from logmesh.cli.runner import start_server, stop_server
+from logmesh.common.claims import DirLock, listen_socket, lock_data_dir
 from logmesh.common.embedded import EmbeddedNats
-from logmesh.common.http import bound_port, build_app, make_server
-from logmesh.common.processes import free_port, python_command, spawn, stop_process
+from logmesh.common.http import Component, EmbeddedServer, bound_port, build_app
+from logmesh.common.processes import python_command, spawn, stop_process
 from logmesh.common.settings import (
     CommonSettings,
     DataDir,
@@ -36,20 +38,29 @@ class UpSettings(CommonSettings, DataDir, HttpListen, EmbeddedNatsPort, SinkMetr
     nats_url: str | None = Field(None, description="use this NATS server instead of starting one")
 
 
-def combined_app(ingest_settings: IngestSettings, query_settings: QuerySettings) -> Starlette:
+def _components(ingest_settings: IngestSettings, query_settings: QuerySettings) -> tuple[list[Component], Starlette]:
     registry = CollectorRegistry()
-    return build_app("logmesh", [Ingest(ingest_settings, registry), Query(query_settings)], registry)
+    parts: list[Component] = [Ingest(ingest_settings, registry), Query(query_settings)]
+    return parts, build_app("logmesh", parts, registry)
+
+
+def combined_app(ingest_settings: IngestSettings, query_settings: QuerySettings) -> Starlette:
+    return _components(ingest_settings, query_settings)[1]
 
 
 class Stack:
-    def __init__(self, settings: UpSettings, *, sink_log_level: str | None = None) -> None:
+    def __init__(self, settings: UpSettings, *, command: str = "up", sink_log_level: str | None = None) -> None:
         self.settings = settings
+        self.command = f"logmesh {command}"
         self.sink_log_level = sink_log_level or settings.log_level
         self.nats: EmbeddedNats | None = None
         self.nats_url = settings.nats_url or ""
         self.http_url = ""
         self.sink: subprocess.Popen[bytes] | None = None
-        self._server: Any = None
+        self._claim: DirLock | None = None
+        self._listener: socket.socket | None = None
+        self._parts: list[Component] = []
+        self._server: EmbeddedServer | None = None
         self._serving: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -71,28 +82,26 @@ class Stack:
         return python_command(*args)
 
     async def start(self) -> None:
+        """Claims the data directory and the HTTP port before starting anything (``claims.Refused``
+        when either is taken), then starts NATS, the sink and HTTP."""
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self._claim = lock_data_dir(s.data_dir, self.command)
+        self._listener = listen_socket(s.host, s.http_port, "--http-port")
         if not s.nats_url:
-            self.nats = EmbeddedNats(s.data_dir / "nats", port=s.nats_port or free_port())
+            self.nats = EmbeddedNats(s.data_dir / "nats", port=s.nats_port, owner=self.command)
             await self.nats.start()
             self.nats_url = self.nats.url
         self._start_sink()
         self._supervisor = asyncio.create_task(self._supervise_sink())
         http = {"nats_url": self.nats_url, "host": s.host, "http_port": s.http_port, **self._common()}
-        app = combined_app(IngestSettings(**http), QuerySettings(**http))
-        self._server = make_server(app, s.host, s.http_port)
-        self._serving = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._serving.done():
-                with contextlib.suppress(SystemExit):
-                    await self._serving
-                raise RuntimeError(f"HTTP server could not listen on {s.host}:{s.http_port}")
-            await asyncio.sleep(0.02)
+        self._parts, app = _components(IngestSettings(**http), QuerySettings(**http))
+        self._server, self._serving = await start_server(app, self._listener)
         self.http_url = f"http://{s.host}:{bound_port(self._server)}"
 
     def _start_sink(self) -> None:
-        self.sink = spawn(self.sink_command())
+        # The sink gets the data directory's claim too: should this process die first, the claim
+        # lasts until the sink has finished its batch and exited.
+        self.sink = spawn(self.sink_command(), pass_fds=[self._claim.fd] if self._claim else [])
 
     async def _supervise_sink(self) -> None:
         """Restarts the sink if it dies: it resumes from its store and JetStream redelivers the rest."""
@@ -109,17 +118,21 @@ class Stack:
                 self._start_sink()
 
     async def stop(self) -> int:
-        """Stops in dependency order: HTTP (finish requests), the sink (commit, ack, drain), NATS."""
+        """Stops in dependency order: HTTP (finish requests), the sink (commit, ack, drain), NATS;
+        then gives up the claims. Safe after a start that failed part way."""
         self._stopping = True
+        if self._supervisor is not None:  # it may be waiting to restart the sink: no need now
+            self._supervisor.cancel()
+            await asyncio.wait({self._supervisor})
         if self._server is not None and self._serving is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(SystemExit):
-                await self._serving
+            await stop_server(self._server, self._serving)
+        if self._listener is not None:
+            self._listener.close()
         code = 0
         if self.sink is not None:
             code = await stop_process(self.sink, timeout=30)
-        if self._supervisor is not None:
-            await self._supervisor
         if self.nats is not None:
             await self.nats.stop()
+        if self._claim is not None:
+            self._claim.release()
         return code
