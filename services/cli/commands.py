@@ -50,11 +50,12 @@ def up_command(args: argparse.Namespace) -> int:
             log.error("%s", exc)
             await stack.stop()
             return 1
-        print(
-            f"logmesh is up: {stack.http_url}  (dashboard /, POST /publish, GET /stats /events /metrics)"
-            f"  NATS {stack.nats_url}  sink metrics :{settings.metrics_port}  data {settings.data_dir}",
-            flush=True,
-        )
+        if await stack.wait_ready(stopping):
+            print(
+                f"logmesh is up: {stack.http_url}  (dashboard /, POST /publish, GET /stats /events /metrics)"
+                f"  NATS {stack.nats_url}  sink metrics :{settings.metrics_port}  data {settings.data_dir}",
+                flush=True,
+            )
         await stopping.wait()
         return await stack.stop()
 

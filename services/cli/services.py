@@ -9,6 +9,7 @@ import signal
 
 from logmesh.cli.runner import refuse, run, serve_http
 from logmesh.common.claims import DirLock, Refused, listen_socket, lock_data_dir, lock_store
+from logmesh.common.jetstream import StoppedWaiting
 from logmesh.common.logs import setup_logging
 from logmesh.common.settings import add_command, settings_from_args
 from logmesh.ingest.settings import IngestSettings
@@ -79,7 +80,10 @@ def sink_command(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     async def main(stopping: asyncio.Event) -> int:
-        await Sink(settings).run(stopping)
+        try:
+            await Sink(settings).run(stopping)
+        except StoppedWaiting as exc:
+            log.info("%s", exc)
         return 0
 
     try:

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 
 from logmesh.cli.runner import start_server, stop_server
 from logmesh.common.claims import DirLock, listen_socket, lock_data_dir
-from logmesh.common.embedded import EmbeddedNats
+from logmesh.common.embedded import EmbeddedNats, nats_answers
 from logmesh.common.http import Component, EmbeddedServer, bound_port, build_app
 from logmesh.common.processes import python_command, spawn, stop_process
 from logmesh.common.settings import (
@@ -26,6 +26,7 @@ from logmesh.common.settings import (
     SinkMetricsPort,
     flag_name,
 )
+from logmesh.common.waiting import wait_until_async
 from logmesh.ingest.app import Ingest
 from logmesh.ingest.settings import IngestSettings
 from logmesh.query.app import Query
@@ -97,6 +98,29 @@ class Stack:
         self._parts, app = _components(IngestSettings(**http), QuerySettings(**http))
         self._server, self._serving = await start_server(app, self._listener)
         self.http_url = f"http://{s.host}:{bound_port(self._server)}"
+
+    async def wait_ready(self, stopping: asyncio.Event) -> bool:
+        """Waits until every part is ready (``/readyz`` would answer 200), saying what it waits for
+        whenever that changes. False when ``stopping`` is set first."""
+        said = ""
+
+        async def ready() -> bool:
+            nonlocal said
+            waiting = await self._waiting_for()
+            if waiting and waiting != said:
+                log.log(logging.WARNING if waiting.startswith("NATS") else logging.INFO, "waiting for %s", waiting)
+            said = waiting
+            return not waiting
+
+        return await wait_until_async(ready, None, "logmesh to be ready", interval=0.25, stopping=stopping) is not None
+
+    async def _waiting_for(self) -> str:
+        if not await asyncio.to_thread(nats_answers, self.nats_url):
+            return f"NATS at {self.nats_url}"
+        checks: dict[str, Any] = {}
+        for part in self._parts:
+            checks.update(await part.readiness())
+        return ", ".join(name for name, check in checks.items() if not check.get("ok"))
 
     def _start_sink(self) -> None:
         # The sink gets the data directory's claim too: should this process die first, the claim
