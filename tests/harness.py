@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,69 +16,44 @@ import orjson
 from nats.aio.client import Client
 
 from logmesh.bench import truth
+from logmesh.common.embedded import EmbeddedNats
 from logmesh.common.jetstream import ensure_stream
-from logmesh.common.processes import free_port, nats_server_binary
+from logmesh.common.processes import free_port, kill_process, python_command, spawn, stop_process_sync
 from logmesh.common.settings import ServiceSettings
+from logmesh.common.waiting import wait_until
 
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
-    """Polls ``condition`` until it returns something truthy; fails the test after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-        except (httpx.HTTPError, OSError, KeyError, nats.errors.Error) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            return s.recv(5) == b"INFO "
-    except OSError:
-        return False
+def wait_for(condition: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
+    """Polls ``condition`` until it returns something truthy; fails the test after ``timeout`` s.
+    Connection errors count as "not yet"."""
+    return wait_until(condition, timeout, what, retry_on=(httpx.HTTPError, OSError, KeyError, nats.errors.Error))
 
 
 class NatsServer:
+    """The embedded nats-server launcher, driven from synchronous test code."""
+
     def __init__(self, store_dir: Path, port: int | None = None) -> None:
-        self.store_dir = store_dir
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.launcher = EmbeddedNats(store_dir, port=port or 0, owner="the tests")
+
+    @property
+    def port(self) -> int:
+        return self.launcher.port
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return self.launcher.url
 
     def start(self) -> NatsServer:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-js", "-sd", str(self.store_dir), "-a", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: _answers(self.port), 15, "nats-server to accept connections")
+        self.launcher.start_sync()
         return self
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        self.launcher.kill()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.launcher.stop_sync()
 
 
 class Service:
@@ -96,31 +67,20 @@ class Service:
 
     def start(self) -> Service:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "logmesh", *self.args], env=self.env, stdout=out, stderr=out
-        )
+        self.proc = spawn(python_command(*self.args), env=self.env, stdout=out, stderr=out)
         return self
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            kill_process(self.proc)
 
     def stop(self, timeout: float = 30) -> int:
-        """SIGTERM and wait: the graceful path. Returns the exit code."""
+        """SIGTERM and wait: the graceful path. Returns the exit code; raises if it had to be killed."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise
-        return self.proc.returncode
+        return stop_process_sync(self.proc, timeout, kill_is_failure=True)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""

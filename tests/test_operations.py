@@ -12,8 +12,10 @@ import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.routing import Route
 
 from logmesh.cli.stack import combined_app
+from logmesh.common.processes import kill_process
 from logmesh.ingest.app import create_app as ingest_app
 from logmesh.ingest.settings import IngestSettings
 from logmesh.query.app import create_app as query_app
@@ -69,7 +71,13 @@ def test_every_route_is_in_the_openapi_description(factory: str) -> None:
         "up": lambda: combined_app(IngestSettings(), QuerySettings()),
     }[factory]()
     spec = asyncio.run(_get_spec(app))
-    routes = {(r.path.replace(":path", ""), m.lower()) for r in app.routes for m in r.methods or () if m != "HEAD"}
+    routes = {
+        (r.path.replace(":path", ""), m.lower())
+        for r in app.routes
+        if isinstance(r, Route)
+        for m in r.methods or ()
+        if m != "HEAD"
+    }
     described = {(p, m) for p, ops in spec["paths"].items() for m in ops}
     assert routes - {("/metrics", "get")} <= described, routes - described
     assert described <= routes
@@ -98,7 +106,7 @@ def test_stats_and_tail_commands(up: Up) -> None:
         up.publish([event("other", "x"), event("tailed", "t-1", payload={"k": 1}), event("tailed", "t-2")])
         out, _ = tail.communicate(timeout=30)
     finally:
-        tail.kill()
+        kill_process(tail)
     lines = out.splitlines()
     assert len(lines) == 2 and "tailed t-1 [tests]" in lines[0] and '{"k":1}' in lines[0] and "t-2" in lines[1]
 

@@ -44,9 +44,12 @@ def test_services_start_in_any_order_and_wait_for_nats(tmp_path: Path, service: 
 
         # NATS goes away: ingest refuses with 503 and Retry-After rather than accept what it cannot store.
         nats.kill()
-        down = wait_for(
-            lambda: (r := ingest.post("/publish", json=event("x", "3"))).status_code == 503 and r, 20, "a 503"
-        )
+
+        def refused_publish() -> httpx.Response | None:
+            r = ingest.post("/publish", json=event("x", "3"))
+            return r if r.status_code == 503 else None
+
+        down = wait_for(refused_publish, 20, "a 503")
         assert int(down.headers["retry-after"]) >= 1
         assert down.json()["error"]["code"] == "unavailable"
     finally:

@@ -3,7 +3,6 @@ events, its peak memory, and the file size per million events."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import tempfile
 import time
@@ -20,6 +19,7 @@ from logmesh.common.embedded import EmbeddedNats
 from logmesh.common.jetstream import connect, wait_for_stream
 from logmesh.common.processes import free_port, python_command, spawn, stop_process
 from logmesh.common.settings import CommonSettings
+from logmesh.common.waiting import wait_until_async
 from logmesh.sink.schema import KEY
 from logmesh.sink.store import Store
 
@@ -100,20 +100,27 @@ async def _watch(url: str, expected_new: int) -> tuple[dict[str, Any], dict[str,
     nc = await nats.connect(url)
     first: dict[str, Any] | None = None
     start_received: int | None = None
+
+    async def all_committed() -> dict[str, Any] | None:
+        nonlocal first, start_received
+        reply = await nc.request("logmesh.query.stats", b"{}", timeout=5)
+        stats: dict[str, Any] = orjson.loads(reply.data)
+        if start_received is None:
+            start_received = stats["received"]
+        if first is None and stats["received"] > start_received:
+            first = {"at": time.time(), **stats}
+        return stats if first is not None and stats["received"] - start_received >= expected_new else None
+
     try:
-        while True:
-            try:
-                reply = await nc.request("logmesh.query.stats", b"{}", timeout=5)
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                await asyncio.sleep(0.02)
-                continue
-            stats = orjson.loads(reply.data)
-            if start_received is None:
-                start_received = stats["received"]
-            if first is None and stats["received"] > start_received:
-                first = {"at": time.time(), **stats}
-            if first is not None and stats["received"] - start_received >= expected_new:
-                return first, stats
-            await asyncio.sleep(0.02)
+        # No responders or no answer: the sink is still opening its store.
+        last = await wait_until_async(
+            all_committed,
+            None,
+            "the sink to commit the workload",
+            interval=0.02,
+            retry_on=(nats.errors.NoRespondersError, nats.errors.TimeoutError),
+        )
     finally:
         await nc.close()
+    assert first is not None
+    return first, last

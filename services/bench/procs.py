@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
-from logmesh.common.processes import environment, free_port, python_command, spawn, stop_process
+from logmesh.common.processes import children, environment, free_port, python_command, spawn, stop_process
+from logmesh.common.waiting import wait_until_async
 
 
 class UpProcess:
@@ -49,24 +48,12 @@ class UpProcess:
 
 
 async def wait_ready(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=5) as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(url + "/readyz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{url} was not ready in {timeout:g} s")
 
+        async def ready() -> bool:
+            return (await client.get(url + "/readyz")).status_code == 200
 
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
+        await wait_until_async(ready, timeout, f"{url} to be ready", interval=0.1, retry_on=(httpx.HTTPError,))
 
 
 def _cmdline(pid: int) -> str:

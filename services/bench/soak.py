@@ -29,8 +29,9 @@ from logmesh.cli.workload import Workload, make_workload, send_http, send_nats
 from logmesh.common.embedded import EmbeddedNats
 from logmesh.common.jetstream import connect
 from logmesh.common.logs import setup_logging
-from logmesh.common.processes import free_port, python_command, spawn, stop_process
+from logmesh.common.processes import free_port, kill_process, python_command, spawn, stop_process
 from logmesh.common.settings import ENV_PREFIX, add_command, settings_from_args
+from logmesh.common.waiting import wait_until_async
 
 
 class SoakSettings(BaseSettings):
@@ -76,10 +77,13 @@ class Services:
 
     def kill(self, name: str) -> None:
         proc = self.nats.process if name == "nats" else self.procs.get(name)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-            self.kills[name] += 1
+        if proc is None or proc.poll() is not None:
+            return
+        if name == "nats":
+            self.nats.kill()
+        else:
+            kill_process(proc)
+        self.kills[name] += 1
 
     async def stop(self) -> None:
         for proc in self.procs.values():
@@ -116,7 +120,13 @@ async def soak(s: SoakSettings) -> dict[str, Any]:
     for name in ("nats", "sink", "ingest", "query"):
         await services.start(name)
     ingest_url = f"http://127.0.0.1:{services.ingest_port}"
-    await _wait(lambda: httpx.get(ingest_url + "/readyz").status_code == 200, 60)
+    await wait_until_async(
+        lambda: asyncio.to_thread(lambda: httpx.get(ingest_url + "/readyz").status_code == 200),
+        60,
+        "the services to come up",
+        interval=0.2,
+        retry_on=(httpx.HTTPError,),
+    )
     half = int(s.rate * s.duration / 2)
     over_http = make_workload(half, 0.35, 10, run_id=f"http{s.seed}", seed=s.seed)
     over_nats = make_workload(half, 0.35, 10, run_id=f"nats{s.seed}", seed=s.seed + 1)
@@ -146,35 +156,21 @@ async def soak(s: SoakSettings) -> dict[str, Any]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-async def _wait(condition: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if await asyncio.to_thread(condition):
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.2)
-    raise TimeoutError("services did not come up")
-
-
 async def _reckon(services: Services, workload: Workload) -> dict[str, Any]:
     """Once the sink has caught up: what was lost, what was stored twice, what was counted wrong."""
     nc = await connect(services.nats.url, "logmesh-soak")
     try:
         js = nc.jetstream()
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                stats = await truth.sink_stats(nc)
-                consumer = await js.consumer_info("LOGS", "sink")
-            except (nats.errors.Error, TimeoutError):
-                stats = None  # the sink is still starting
-            if stats and consumer.num_pending == 0 and consumer.num_ack_pending == 0:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError("the sink did not catch up within 300 s")
-            await asyncio.sleep(0.5)
+
+        async def caught_up() -> dict[str, Any] | None:
+            stats = await truth.sink_stats(nc)
+            consumer = await js.consumer_info("LOGS", "sink")
+            return stats if consumer.num_pending == 0 and consumer.num_ack_pending == 0 else None
+
+        # Errors while the sink is still starting mean "not yet".
+        stats = await wait_until_async(
+            caught_up, 300, "the sink to catch up", interval=0.5, retry_on=(nats.errors.Error, TimeoutError)
+        )
         stream, keys = await truth.stream_truth(nc), await truth.stored_keys(nc)
     finally:
         await nc.close()

@@ -16,12 +16,21 @@ import httpx
 from pydantic import Field, model_validator
 
 from logmesh.cli.observe import render_stats, wait_until_drained
-from logmesh.cli.runner import run
+from logmesh.cli.runner import refuse, run
 from logmesh.cli.stack import Stack, UpSettings
 from logmesh.cli.workload import Rejected, SendReport, make_workload, send_http, send_nats
+from logmesh.common.claims import Refused
 from logmesh.common.logs import setup_logging
-from logmesh.common.processes import free_port
-from logmesh.common.settings import CommonSettings, add_command, settings_from_args
+from logmesh.common.settings import (
+    CommonSettings,
+    DataDirPath,
+    EmbeddedNatsPort,
+    HttpListen,
+    ListenPort,
+    NatsPort,
+    add_command,
+    settings_from_args,
+)
 
 log = logging.getLogger("logmesh")
 
@@ -34,15 +43,19 @@ def up_command(args: argparse.Namespace) -> int:
         stack = Stack(settings)
         try:
             await stack.start()
+        except Refused as exc:
+            await stack.stop()
+            return refuse("up", exc)
         except (RuntimeError, OSError) as exc:
             log.error("%s", exc)
             await stack.stop()
             return 1
-        print(
-            f"logmesh is up: {stack.http_url}  (dashboard /, POST /publish, GET /stats /events /metrics)"
-            f"  NATS {stack.nats_url}  sink metrics :{settings.metrics_port}  data {settings.data_dir}",
-            flush=True,
-        )
+        if await stack.wait_ready(stopping):
+            print(
+                f"logmesh is up: {stack.http_url}  (dashboard /, POST /publish, GET /stats /events /metrics)"
+                f"  NATS {stack.nats_url}  sink metrics :{settings.metrics_port}  data {settings.data_dir}",
+                flush=True,
+            )
         await stopping.wait()
         return await stack.stop()
 
@@ -105,12 +118,13 @@ def _report_line(report: SendReport, unique: int, elapsed: float) -> str:
     )
 
 
-class DemoSettings(WorkloadSettings):
+class DemoSettings(WorkloadSettings, HttpListen, EmbeddedNatsPort):
+    """Scratch resources by default: a temporary data directory and free ports."""
+
     log_level: Literal["debug", "info", "warning", "error"] = Field("warning", description="log level")
-    data_dir: Path | None = Field(None, description="keep the data here instead of a temporary directory")
-    host: str = Field("127.0.0.1", description="HTTP listen address")
-    http_port: int = Field(0, ge=0, le=65535, description="HTTP port (0 picks a free one)")
-    nats_port: int = Field(0, ge=0, le=65535, description="embedded nats-server port (0 picks a free one)")
+    data_dir: DataDirPath | None = Field(None, description="keep the data here instead of a temporary directory")
+    http_port: ListenPort = 0
+    nats_port: NatsPort = 0
     serve: bool = Field(False, description="keep running after the workload, until Ctrl+C")
 
 
@@ -125,15 +139,18 @@ def demo_command(args: argparse.Namespace) -> int:
         data_dir=data_dir,
         host=settings.host,
         http_port=settings.http_port,
-        nats_port=settings.nats_port or free_port(),
+        nats_port=settings.nats_port,
         metrics_port=0,
     )
     workload = make_workload(settings.events, settings.dup, settings.topics, settings.run_id)
 
     async def main(stopping: asyncio.Event) -> int:
-        stack = Stack(up, sink_log_level="warning")
+        stack = Stack(up, command="demo", sink_log_level="warning")
         try:
-            await stack.start()
+            try:
+                await stack.start()
+            except Refused as exc:
+                return refuse("demo", exc)
             print(f"logmesh demo: {stack.http_url}  NATS {stack.nats_url}  data {data_dir}", flush=True)
             print(
                 f"sending {settings.events:,} events ({workload.duplicates:,} duplicates, {settings.topics} topics) "

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import httpx
+
+from logmesh.common.waiting import WaitTimeout, wait_until_async
 
 
 async def get_stats(url: str, client: httpx.AsyncClient | None = None) -> dict[str, Any]:
@@ -28,19 +28,18 @@ def drained(stats: dict[str, Any]) -> bool:
 async def wait_until_drained(url: str, timeout: float, *, at_least: int = 0) -> dict[str, Any]:
     """Polls ``/stats`` until the sink has processed everything in the stream (and at least
     ``at_least`` events arrived), or raises ``TimeoutError`` with the last figures."""
-    deadline = time.monotonic() + timeout
     last: dict[str, Any] = {}
     async with httpx.AsyncClient(timeout=10) as client:
-        while time.monotonic() < deadline:
-            try:
-                last = await get_stats(url, client)
-            except httpx.HTTPError:
-                pass
-            else:
-                if drained(last) and last["arrived"] >= at_least:
-                    return last
-            await asyncio.sleep(0.05)
-    raise TimeoutError(f"the sink did not catch up within {timeout:g} s; last stats: {last}")
+
+        async def caught_up() -> dict[str, Any] | None:
+            nonlocal last
+            last = await get_stats(url, client)
+            return last if drained(last) and last["arrived"] >= at_least else None
+
+        try:
+            return await wait_until_async(caught_up, timeout, "the sink to catch up", retry_on=(httpx.HTTPError,))
+        except WaitTimeout:
+            raise WaitTimeout(f"the sink did not catch up within {timeout:g} s; last stats: {last}") from None
 
 
 def _n(value: Any) -> str:

@@ -8,12 +8,16 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+import sys
 from collections.abc import Awaitable, Callable
 
 import uvloop
 from starlette.applications import Starlette
 
-from logmesh.common.http import bound_port, make_server
+from logmesh.common.claims import Refused
+from logmesh.common.http import EmbeddedServer, bound_port, make_server
+from logmesh.common.waiting import wait_until_async
 
 log = logging.getLogger("logmesh")
 
@@ -40,26 +44,51 @@ def run(main: Main) -> int:
     return uvloop.run(runner())
 
 
-async def serve_http(
-    app: Starlette, host: str, port: int, stopping: asyncio.Event, on_ready: Callable[[int], None] | None = None
-) -> int:
-    """Serves ``app`` until ``stopping`` is set; then stops taking requests, finishes those under way,
-    and runs the app's shutdown."""
+def refuse(command: str, reason: Refused) -> int:
+    """A command that cannot start says why in one line and exits non-zero."""
+    print(f"logmesh {command}: {reason}", file=sys.stderr, flush=True)
+    return 1
+
+
+async def start_server(app: Starlette, listener: socket.socket) -> tuple[EmbeddedServer, asyncio.Task[None]]:
+    """Serves ``app`` on an already bound socket (``claims.listen_socket``), so that a port in use
+    has been refused before anything started; returns once the server takes requests."""
+    host, port = listener.getsockname()[:2]
     server = make_server(app, host, port)
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+
+    async def started() -> bool:
         if serving.done():
-            # uvicorn exits the process (SystemExit) when it cannot bind; report it instead.
+            # uvicorn exits the process (SystemExit) when the app's startup fails; report it instead.
             with contextlib.suppress(SystemExit):
                 await serving
-            log.error("HTTP server could not start on %s:%d", host, port)
-            return 1
-        await asyncio.sleep(0.02)
+            raise RuntimeError(f"HTTP server could not start on {host}:{port}")
+        return bool(server.started)
+
+    await wait_until_async(started, 30, "the HTTP server to start", interval=0.02)
+    return server, serving
+
+
+async def stop_server(server: EmbeddedServer, serving: asyncio.Task[None]) -> None:
+    """Stops taking requests, finishes those under way, and runs the app's shutdown."""
+    server.should_exit = True
+    with contextlib.suppress(SystemExit):
+        await serving
+
+
+async def serve_http(
+    app: Starlette, listener: socket.socket, stopping: asyncio.Event, on_ready: Callable[[int], None] | None = None
+) -> int:
+    """Serves ``app`` on ``listener`` until ``stopping`` is set."""
+    try:
+        server, serving = await start_server(app, listener)
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
     if on_ready is not None:
         on_ready(bound_port(server))
     stop = asyncio.create_task(stopping.wait())
     await asyncio.wait({serving, stop}, return_when=asyncio.FIRST_COMPLETED)
-    server.should_exit = True
     stop.cancel()
-    await serving
+    await stop_server(server, serving)
     return 0

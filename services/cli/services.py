@@ -7,7 +7,9 @@ import asyncio
 import logging
 import signal
 
-from logmesh.cli.runner import run, serve_http
+from logmesh.cli.runner import refuse, run, serve_http
+from logmesh.common.claims import DirLock, Refused, listen_socket, lock_data_dir, lock_store
+from logmesh.common.jetstream import StoppedWaiting
 from logmesh.common.logs import setup_logging
 from logmesh.common.settings import add_command, settings_from_args
 from logmesh.ingest.settings import IngestSettings
@@ -25,12 +27,16 @@ def ingest_command(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(IngestSettings, args)
     setup_logging(settings.log_level, settings.log_format)
+    try:
+        listener = listen_socket(settings.host, settings.http_port, "--http-port")
+    except Refused as exc:
+        return refuse("ingest", exc)
 
     async def main(stopping: asyncio.Event) -> int:
         def ready(port: int) -> None:
             log.info("ingest listening on http://%s:%d (POST /publish)", settings.host, port)
 
-        return await serve_http(create_app(settings), settings.host, settings.http_port, stopping, ready)
+        return await serve_http(create_app(settings), listener, stopping, ready)
 
     return run(main)
 
@@ -40,31 +46,55 @@ def query_command(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(QuerySettings, args)
     setup_logging(settings.log_level, settings.log_format)
+    try:
+        listener = listen_socket(settings.host, settings.http_port, "--http-port")
+    except Refused as exc:
+        return refuse("query", exc)
 
     async def main(stopping: asyncio.Event) -> int:
         def ready(port: int) -> None:
             log.info("query listening on http://%s:%d (GET /stats /events /dead-letters)", settings.host, port)
 
-        return await serve_http(create_app(settings), settings.host, settings.http_port, stopping, ready)
+        return await serve_http(create_app(settings), listener, stopping, ready)
 
     return run(main)
 
 
 def sink_command(args: argparse.Namespace) -> int:
-    from logmesh.sink.service import Sink
-
     settings = settings_from_args(SinkSettings, args)
     setup_logging(settings.log_level, settings.log_format)
+    claims: list[DirLock] = []
+    try:
+        # Under ``logmesh up`` the parent holds the data directory; any other holder is refused.
+        whole = lock_data_dir(settings.data_dir, "logmesh sink", parent_may_hold=True)
+        claims += [whole] if whole is not None else []
+        claims.append(lock_store(settings.data_dir, settings.db_path, "logmesh sink"))
+    except Refused as exc:
+        _release(claims)
+        return refuse("sink", exc)
+
+    from logmesh.sink.service import Sink
 
     # A file-size limit (ulimit -f) then fails the write with an error the sink reports and retries,
     # as it does for a full disk, instead of killing the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     async def main(stopping: asyncio.Event) -> int:
-        await Sink(settings).run(stopping)
+        try:
+            await Sink(settings).run(stopping)
+        except StoppedWaiting as exc:
+            log.info("%s", exc)
         return 0
 
-    return run(main)
+    try:
+        return run(main)
+    finally:
+        _release(claims)
+
+
+def _release(claims: list[DirLock]) -> None:
+    for claim in claims:
+        claim.release()
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

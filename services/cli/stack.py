@@ -4,20 +4,29 @@ plus query routes on one HTTP port. ``logmesh up``, ``demo`` and ``bench`` run i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import socket
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 from starlette.applications import Starlette
 
-from logmesh.common.embedded import EmbeddedNats
-from logmesh.common.http import bound_port, build_app, make_server
+from logmesh.cli.runner import start_server, stop_server
+from logmesh.common.claims import DirLock, listen_socket, lock_data_dir
+from logmesh.common.embedded import EmbeddedNats, nats_answers
+from logmesh.common.http import Component, EmbeddedServer, bound_port, build_app
 from logmesh.common.processes import python_command, spawn, stop_process
-from logmesh.common.settings import CommonSettings, flag_name
+from logmesh.common.settings import (
+    CommonSettings,
+    DataDir,
+    EmbeddedNatsPort,
+    HttpListen,
+    SinkMetricsPort,
+    flag_name,
+)
+from logmesh.common.waiting import wait_until_async
 from logmesh.ingest.app import Ingest
 from logmesh.ingest.settings import IngestSettings
 from logmesh.query.app import Query
@@ -26,29 +35,33 @@ from logmesh.query.settings import QuerySettings
 log = logging.getLogger("logmesh")
 
 
-class UpSettings(CommonSettings):
-    data_dir: Path = Field(Path("data"), description="directory for the DuckDB file and the JetStream store")
-    host: str = Field("127.0.0.1", description="HTTP listen address")
-    http_port: int = Field(8080, ge=0, le=65535, description="HTTP port for ingest and query (0 picks one)")
-    nats_port: int = Field(4222, ge=1, le=65535, description="port of the embedded nats-server")
+class UpSettings(CommonSettings, DataDir, HttpListen, EmbeddedNatsPort, SinkMetricsPort):
     nats_url: str | None = Field(None, description="use this NATS server instead of starting one")
-    metrics_port: int = Field(9464, ge=0, le=65535, description="port of the sink's Prometheus endpoint")
+
+
+def _components(ingest_settings: IngestSettings, query_settings: QuerySettings) -> tuple[list[Component], Starlette]:
+    registry = CollectorRegistry()
+    parts: list[Component] = [Ingest(ingest_settings, registry), Query(query_settings)]
+    return parts, build_app("logmesh", parts, registry)
 
 
 def combined_app(ingest_settings: IngestSettings, query_settings: QuerySettings) -> Starlette:
-    registry = CollectorRegistry()
-    return build_app("logmesh", [Ingest(ingest_settings, registry), Query(query_settings)], registry)
+    return _components(ingest_settings, query_settings)[1]
 
 
 class Stack:
-    def __init__(self, settings: UpSettings, *, sink_log_level: str | None = None) -> None:
+    def __init__(self, settings: UpSettings, *, command: str = "up", sink_log_level: str | None = None) -> None:
         self.settings = settings
+        self.command = f"logmesh {command}"
         self.sink_log_level = sink_log_level or settings.log_level
         self.nats: EmbeddedNats | None = None
         self.nats_url = settings.nats_url or ""
         self.http_url = ""
         self.sink: subprocess.Popen[bytes] | None = None
-        self._server: Any = None
+        self._claim: DirLock | None = None
+        self._listener: socket.socket | None = None
+        self._parts: list[Component] = []
+        self._server: EmbeddedServer | None = None
         self._serving: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -70,28 +83,49 @@ class Stack:
         return python_command(*args)
 
     async def start(self) -> None:
+        """Claims the data directory and the HTTP port before starting anything (``claims.Refused``
+        when either is taken), then starts NATS, the sink and HTTP."""
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self._claim = lock_data_dir(s.data_dir, self.command)
+        self._listener = listen_socket(s.host, s.http_port, "--http-port")
         if not s.nats_url:
-            self.nats = EmbeddedNats(s.data_dir / "nats", port=s.nats_port)
+            self.nats = EmbeddedNats(s.data_dir / "nats", port=s.nats_port, owner=self.command)
             await self.nats.start()
             self.nats_url = self.nats.url
         self._start_sink()
         self._supervisor = asyncio.create_task(self._supervise_sink())
         http = {"nats_url": self.nats_url, "host": s.host, "http_port": s.http_port, **self._common()}
-        app = combined_app(IngestSettings(**http), QuerySettings(**http))
-        self._server = make_server(app, s.host, s.http_port)
-        self._serving = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._serving.done():
-                with contextlib.suppress(SystemExit):
-                    await self._serving
-                raise RuntimeError(f"HTTP server could not listen on {s.host}:{s.http_port}")
-            await asyncio.sleep(0.02)
+        self._parts, app = _components(IngestSettings(**http), QuerySettings(**http))
+        self._server, self._serving = await start_server(app, self._listener)
         self.http_url = f"http://{s.host}:{bound_port(self._server)}"
 
+    async def wait_ready(self, stopping: asyncio.Event) -> bool:
+        """Waits until every part is ready (``/readyz`` would answer 200), saying what it waits for
+        whenever that changes. False when ``stopping`` is set first."""
+        said = ""
+
+        async def ready() -> bool:
+            nonlocal said
+            waiting = await self._waiting_for()
+            if waiting and waiting != said:
+                log.log(logging.WARNING if waiting.startswith("NATS") else logging.INFO, "waiting for %s", waiting)
+            said = waiting
+            return not waiting
+
+        return await wait_until_async(ready, None, "logmesh to be ready", interval=0.25, stopping=stopping) is not None
+
+    async def _waiting_for(self) -> str:
+        if not await asyncio.to_thread(nats_answers, self.nats_url):
+            return f"NATS at {self.nats_url}"
+        checks: dict[str, Any] = {}
+        for part in self._parts:
+            checks.update(await part.readiness())
+        return ", ".join(name for name, check in checks.items() if not check.get("ok"))
+
     def _start_sink(self) -> None:
-        self.sink = spawn(self.sink_command())
+        # The sink gets the data directory's claim too: should this process die first, the claim
+        # lasts until the sink has finished its batch and exited.
+        self.sink = spawn(self.sink_command(), pass_fds=[self._claim.fd] if self._claim else [])
 
     async def _supervise_sink(self) -> None:
         """Restarts the sink if it dies: it resumes from its store and JetStream redelivers the rest."""
@@ -108,17 +142,21 @@ class Stack:
                 self._start_sink()
 
     async def stop(self) -> int:
-        """Stops in dependency order: HTTP (finish requests), the sink (commit, ack, drain), NATS."""
+        """Stops in dependency order: HTTP (finish requests), the sink (commit, ack, drain), NATS;
+        then gives up the claims. Safe after a start that failed part way."""
         self._stopping = True
+        if self._supervisor is not None:  # it may be waiting to restart the sink: no need now
+            self._supervisor.cancel()
+            await asyncio.wait({self._supervisor})
         if self._server is not None and self._serving is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(SystemExit):
-                await self._serving
+            await stop_server(self._server, self._serving)
+        if self._listener is not None:
+            self._listener.close()
         code = 0
         if self.sink is not None:
             code = await stop_process(self.sink, timeout=30)
-        if self._supervisor is not None:
-            await self._supervisor
         if self.nats is not None:
             await self.nats.stop()
+        if self._claim is not None:
+            self._claim.release()
         return code

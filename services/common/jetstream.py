@@ -42,16 +42,28 @@ def log_subject(topic: str) -> str:
     return LOG_SUBJECT_PREFIX + topic
 
 
+class StoppedWaiting(ConnectionError):
+    """A stop was requested before NATS answered."""
+
+
 async def connect(url: str, name: str, *, stopping: asyncio.Event | None = None) -> FastClient:
-    """Connects, retrying until the server answers, so services may start in any order. Once connected,
-    the client reconnects by itself for ever."""
+    """Connects, retrying until the server answers, so services may start in any order; gives up with
+    ``StoppedWaiting`` as soon as ``stopping`` is set. Once connected, the client reconnects by itself
+    for ever."""
     delay = 0.1
     warned = False
+    connected = False
+
+    async def on_error(exc: Exception) -> None:
+        nonlocal warned
+        if connected:
+            log.warning("NATS error (%s): %s", name, exc or type(exc).__name__)
+        elif not warned:  # nats-py retries the first connection by itself: say it once
+            log.warning("waiting for NATS at %s: %s", url, exc or type(exc).__name__)
+            warned = True
+
     while True:
         nc = FastClient()
-
-        async def on_error(exc: Exception) -> None:
-            log.warning("NATS error (%s): %s", name, exc or type(exc).__name__)
 
         async def on_disconnect(nc: Client = nc) -> None:
             if not (nc.is_closed or nc.is_draining):
@@ -61,26 +73,55 @@ async def connect(url: str, name: str, *, stopping: asyncio.Event | None = None)
             log.info("NATS reconnected (%s)", name)
 
         try:
-            await nc.connect(
-                servers=[u.strip() for u in url.split(",")],
-                name=name,
-                connect_timeout=2,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; the stub says int
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
+            abandoned = await _unless_stopping(
+                nc.connect(
+                    servers=[u.strip() for u in url.split(",")],
+                    name=name,
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; the stub says int
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                ),
+                stopping,
+                nc,
             )
-            return nc
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             if not warned:
                 log.warning("waiting for NATS at %s: %s", url, exc or type(exc).__name__)
                 warned = True
+        else:
+            if not abandoned:
+                connected = True
+                return nc
         if stopping is not None and stopping.is_set():
-            raise ConnectionError(f"stopped while waiting for NATS at {url}")
+            raise StoppedWaiting(f"stopped while waiting for NATS at {url}")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
+
+
+async def _unless_stopping(connecting: Awaitable[None], stopping: asyncio.Event | None, nc: Client) -> bool:
+    """Awaits ``connecting``, or abandons it (and closes ``nc``) once ``stopping`` is set: then True."""
+    if stopping is None:
+        await connecting
+        return False
+    attempt = asyncio.ensure_future(connecting)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({attempt, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not attempt.done():
+            attempt.cancel()
+            await asyncio.wait({attempt})
+            with contextlib.suppress(nats.errors.Error, OSError, RuntimeError):
+                await nc.close()
+    if attempt.cancelled():
+        return True
+    attempt.result()
+    return False
 
 
 async def close(nc: Client) -> None:

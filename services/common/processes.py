@@ -33,30 +33,55 @@ def spawn(
     env: Mapping[str, str] | None = None,
     stdout: IO[Any] | int | None = None,
     stderr: IO[Any] | int | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
     """Starts a child in its own session, so a terminal's Ctrl+C reaches only the parent, which then
-    stops its children in order."""
+    stops its children in order. ``pass_fds`` (a held lock, say) stay open in the child."""
     return subprocess.Popen(
         list(args),
         env=dict(env) if env is not None else None,
         stdout=stdout,
         stderr=stderr,
+        pass_fds=tuple(pass_fds),
         start_new_session=True,
         preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
 
 
-async def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds. Returns the exit code."""
+def stop_process_sync(proc: subprocess.Popen[Any], timeout: float, *, kill_is_failure: bool = False) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds. Returns the exit code;
+    with ``kill_is_failure``, raises ``subprocess.TimeoutExpired`` once it had to be killed."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            await asyncio.to_thread(proc.wait, timeout)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
             log.warning("process %d did not stop in %.0f s; killing it", proc.pid, timeout)
-            proc.kill()
-            await asyncio.to_thread(proc.wait)
+            kill_process(proc)
+            if kill_is_failure:
+                raise
     return proc.returncode
+
+
+async def stop_process(proc: subprocess.Popen[Any], timeout: float) -> int:
+    """``stop_process_sync`` without blocking the event loop."""
+    return await asyncio.to_thread(stop_process_sync, proc, timeout)
+
+
+def kill_process(proc: subprocess.Popen[Any]) -> int:
+    """SIGKILL (a crash, as far as the process can tell) and reap it. Returns the exit code."""
+    if proc.poll() is None:
+        proc.kill()
+    return proc.wait()
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Linux)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
 
 
 def python_command(*args: str) -> list[str]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,11 +16,44 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_PREFIX = "LOGMESH_"
 
 
-class CommonSettings(BaseSettings):
+class _Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+
+# Each setting that several commands take is defined once: its type, range and help here, its usual
+# default in the mixin below. A command composes the mixins it needs; one that runs on scratch
+# resources (``demo``) restates only the default.
+ListenHost = Annotated[str, Field(description="HTTP listen address")]
+ListenPort = Annotated[int, Field(ge=0, le=65535, description="HTTP listen port (0 picks a free one)")]
+NatsPort = Annotated[int, Field(ge=0, le=65535, description="port of the embedded nats-server (0 picks a free one)")]
+MetricsPort = Annotated[
+    int, Field(ge=0, le=65535, description="port of the sink's Prometheus endpoint (0 picks a free one)")
+]
+DataDirPath = Annotated[
+    Path, Field(description="data directory: the DuckDB store (and, under logmesh up, the JetStream store in nats/)")
+]
+
+
+class HttpListen(_Settings):
+    host: ListenHost = "127.0.0.1"
+    http_port: ListenPort = 8080
+
+
+class DataDir(_Settings):
+    data_dir: DataDirPath = Path("data")
+
+
+class EmbeddedNatsPort(_Settings):
+    nats_port: NatsPort = 4222
+
+
+class SinkMetricsPort(_Settings):
+    metrics_port: MetricsPort = 9464
+
+
+class CommonSettings(_Settings):
     """The stream's shape (whichever service starts first creates or updates the stream with it) and
     how to log."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     stream: str = Field("LOGS", description="JetStream stream name")
     duplicate_window: float = Field(
@@ -44,9 +78,8 @@ class ServiceSettings(CommonSettings):
     failpoints: str = Field("", description="testing aid: name=action,... (see services/common/failpoints.py)")
 
 
-class HttpSettings(ServiceSettings):
-    host: str = Field("127.0.0.1", description="HTTP listen address")
-    http_port: int = Field(8080, ge=0, le=65535, description="HTTP listen port (0 picks a free one)")
+class HttpSettings(ServiceSettings, HttpListen):
+    """An HTTP service (ingest, query)."""
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -5,11 +5,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from logmesh.common.settings import ServiceSettings
+from logmesh.common.settings import DataDir, ServiceSettings, SinkMetricsPort
 
 
-class SinkSettings(ServiceSettings):
-    data_dir: Path = Field(Path("data"), description="directory of the DuckDB file")
+class SinkSettings(ServiceSettings, DataDir, SinkMetricsPort):
     consumer: str = Field("sink", description="durable consumer name")
     decoder: Literal["sql", "reference"] = Field(
         "sql",
@@ -39,7 +38,6 @@ class SinkSettings(ServiceSettings):
         1, ge=1, le=64, description="DuckDB worker threads (one leaves the other cores to NATS and Python)"
     )
     metrics_host: str = Field("127.0.0.1", description="address of the sink's Prometheus endpoint")
-    metrics_port: int = Field(9464, ge=0, le=65535, description="port of the sink's Prometheus endpoint (0 picks one)")
     checkpoint_threshold: str = Field("1GB", description="WAL size that triggers a DuckDB checkpoint")
 
     @property
