@@ -18,6 +18,7 @@ from logmesh.bench.procs import peak_rss_mib
 from logmesh.cli.workload import make_workload, send_nats
 from logmesh.common.embedded import EmbeddedNats
 from logmesh.common.jetstream import connect, wait_for_stream
+from logmesh.common.nats_answers import ask
 from logmesh.common.processes import free_port, python_command, spawn, stop_process
 from logmesh.common.settings import CommonSettings
 from logmesh.sink.schema import KEY
@@ -103,11 +104,11 @@ async def _watch(url: str, expected_new: int) -> tuple[dict[str, Any], dict[str,
     try:
         while True:
             try:
-                reply = await nc.request("logmesh.query.stats", b"{}", timeout=5)
+                answer = (await ask(nc, "logmesh.query.stats", b"{}", timeout=5)).data
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 await asyncio.sleep(0.02)
                 continue
-            stats = orjson.loads(reply.data)
+            stats = orjson.loads(answer)
             if start_received is None:
                 start_received = stats["received"]
             if first is None and stats["received"] > start_received:

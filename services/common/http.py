@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from logmesh.common.metrics import RequestMetrics, metrics_route
-from logmesh.common.openapi import HEALTH_PATHS, openapi
+from logmesh.common.openapi import Health, Ready, json_content, openapi, responses
 
 log = logging.getLogger("logmesh.http")
 
@@ -122,6 +122,20 @@ def health_routes(checks: Sequence[ReadinessCheck]) -> list[Route]:
         return FastJSONResponse({"ready": ready, "checks": parts}, status_code=200 if ready else 503)
 
     return [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+
+
+HEALTH_PATHS: dict[str, Any] = {
+    "/healthz": {"get": {"summary": "The process answers", "responses": responses("200", Health)}},
+    "/readyz": {
+        "get": {
+            "summary": "Every dependency answers",
+            "responses": {
+                "200": {"description": "ready", **json_content(Ready)},
+                "503": {"description": "not ready", **json_content(Ready)},
+            },
+        }
+    },
+}
 
 
 class EmbeddedServer(uvicorn.Server):
