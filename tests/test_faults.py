@@ -354,6 +354,6 @@ def test_a_message_that_keeps_killing_the_sink_is_set_aside(
     record(401, {(e["topic"], e["event_id"]) for e in workload.events}, keys, stats)
     assert (stats["unique_processed"], stats["invalid"], stats["received"]) == (400, 1, 401)
     assert sorted(keys) == sorted((e["topic"], e["event_id"]) for e in workload.events)
-    [letter] = sink_request(nats.url, "dead_letters", {"limit": 10})
+    [letter] = sink_request(nats.url, "dead_letters", {"limit": 10})["dead_letters"]
     assert "stopped 2 times while processing it alone" in letter["reason"] and "LOGMESH-POISON" in letter["body"]
     assert restarts >= 3

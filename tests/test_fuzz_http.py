@@ -5,16 +5,21 @@ every 4xx in the one error shape."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_from_bytes
 
+import httpx
 import pytest
 import schemathesis
 import schemathesis.checks as checks
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from schemathesis.core.result import Err
 
 from tests.harness import Up
 
@@ -63,7 +68,55 @@ def test_every_operation_answers_as_described(running: Up) -> None:
     schema = schemathesis.openapi.from_url(running.url + "/openapi.json")
     calls = {}
     for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            raise result.err()
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             calls[f"{operation.label} {mode.value}"] = fuzz(operation, running.url, mode)
     assert sum(calls.values()) >= 1000, calls
+
+
+# What the schema-driven cases rarely produce: digits of other scripts that str.isdigit() accepts
+# ('²', '①', '٣', fullwidth), numbers far past any bound, empty values, repeated and unknown
+# parameters, bytes that are not UTF-8.
+_UNICODE_DIGITS = st.text(
+    st.characters(categories=("Nd", "No"), min_codepoint=0x80).filter(str.isdigit), min_size=1, max_size=4
+)
+_VALUES = st.one_of(
+    _UNICODE_DIGITS.map(quote),
+    st.tuples(_UNICODE_DIGITS, st.integers(0, 10**6)).map(lambda p: quote(f"{p[1]}{p[0]}")),
+    st.integers(min_value=-(10**60), max_value=10**60).map(str),
+    st.just(""),
+    st.sampled_from(["asc", "desc", "0", "1", "1000", "1001", "9" * 19, "9" * 20, "1e3", "%205", "%2B5", "-0"]),
+    st.text(max_size=20).map(lambda t: quote(t, safe="")),
+    st.binary(max_size=12).map(quote_from_bytes),
+)
+_NAMES = st.one_of(st.sampled_from(["limit", "cursor", "order", "topic"]), st.text(max_size=8).map(quote))
+_PARAMS = st.lists(st.tuples(_NAMES, _VALUES), max_size=4)
+_PATH_PART = st.one_of(
+    st.sampled_from(["orders", "e1", "a..b", "%20x"]), st.binary(min_size=1, max_size=12).map(quote_from_bytes)
+)
+_ROUTES = st.one_of(
+    st.sampled_from(["/events", "/dead-letters", "/stats", "/healthz", "/readyz", "/"]),
+    st.tuples(_PATH_PART, _PATH_PART).map(lambda p: f"/events/{p[0]}/{p[1]}"),
+)
+
+
+def test_no_query_string_makes_a_route_fail(running: Up) -> None:
+    with httpx.Client(base_url=running.url, timeout=10) as client:
+
+        @given(route=_ROUTES, params=_PARAMS)
+        @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+        def run(route: str, params: list[tuple[str, str]]) -> None:
+            url = route + ("?" + "&".join(f"{k}={v}" for k, v in params) if params else "")
+            response = client.get(url)
+            assert response.status_code < 500, (url, response.status_code, response.text[:300])
+            if 400 <= response.status_code < 500:
+                body = response.json()
+                assert set(body) == {"error"} and body["error"]["status"] == response.status_code, (url, body)
+                if response.status_code == 422:
+                    assert body["error"]["details"][0]["field"], (url, body)
+            elif response.headers["content-type"].startswith("application/json"):
+                json.loads(response.content)  # a page spliced together is still JSON
+
+        run()

@@ -150,3 +150,51 @@ def test_health_and_readiness(up: Up) -> None:
     body = ready.json()
     assert body["ready"] is True
     assert body["checks"]["jetstream"]["ok"] and body["checks"]["sink"]["ok"] and body["checks"]["nats"]["ok"]
+
+
+BAD_PARAMETERS = [
+    ("/events?limit=%C2%B2", "limit"),  # '²': str.isdigit() says yes, int() says no
+    ("/events?cursor=%E2%91%A0", "cursor"),  # '①'
+    ("/events?limit=%D9%A3", "limit"),  # Arabic-Indic 3
+    ("/events?cursor=%EF%BC%91", "cursor"),  # fullwidth 1
+    ("/dead-letters?limit=%C2%B2", "limit"),
+    ("/dead-letters?cursor=%E2%91%A0", "cursor"),
+    ("/events?limit=", "limit"),
+    ("/events?cursor=", "cursor"),
+    ("/events?topic=", "topic"),
+    ("/events?order=", "order"),
+    ("/events?limit=1e3", "limit"),
+    ("/events?limit=-1", "limit"),
+    ("/events?limit=+5", "limit"),
+    ("/events?limit=%205", "limit"),
+    ("/events?limit=" + "9" * 5000, "limit"),
+    ("/events?cursor=" + "9" * 20, "cursor"),
+    ("/dead-letters?cursor=" + "1" * 5000, "cursor"),
+    ("/events?limit=1&limit=2", "limit"),
+    ("/events?topic=a&topic=a", "topic"),
+    ("/events?order=DESC", "order"),
+    ("/events?colour=red", "colour"),
+    ("/stats?x=1", "x"),
+    ("/dead-letters?topic=a", "topic"),
+    ("/events/orders/%20padded", "event_id"),
+    ("/events/a..b/x", "topic"),
+]
+
+
+def test_every_bad_parameter_gets_a_422_naming_it(up: Up) -> None:
+    for url, name in BAD_PARAMETERS:
+        err = assert_error_shape(up.http.get(url), 422, "validation_error")
+        assert [d["field"] for d in err["details"]] == [name], (url, err)
+        assert err["message"].startswith(f"{name}: ") and err["details"][0]["message"], (url, err)
+
+
+def test_good_parameters_at_their_bounds(up: Up) -> None:
+    assert up.publish([event("orders", f"o{i}") for i in range(3)]).status_code == 202
+    up.settled_stats(arrived=3)
+    for url in ["/events?limit=1000", "/events?limit=0001", "/events?cursor=0", "/events?cursor=" + "9" * 19]:
+        assert up.http.get(url).status_code == 200, url
+    page = up.http.get("/events", params={"limit": "2", "order": "desc"}).json()
+    assert [e["event_id"] for e in page["events"]] == ["o2", "o1"] and page["next_cursor"] is not None
+    rest = up.http.get("/events", params={"limit": "2", "order": "desc", "cursor": page["next_cursor"]}).json()
+    assert [e["event_id"] for e in rest["events"]] == ["o0"] and rest["next_cursor"] is None
+    assert up.http.get("/dead-letters", params={"limit": "1000", "cursor": "0", "order": "asc"}).status_code == 200

@@ -7,6 +7,7 @@ from pathlib import Path
 import duckdb
 import orjson
 
+from logmesh.common.query_contract import EventsQuery
 from logmesh.sink.store import Store
 
 
@@ -42,7 +43,7 @@ def test_a_reopened_store_continues_the_ids(tmp_path: Path) -> None:
     state = store.load()
     assert state.counters.unique_processed == 2 and 2 in state.committed
     store.commit([message(3, "c")], state.counters, state.committed, 0)
-    ids = [e["id"] for e in store.reader.list_events(None, 0, 10, newest_first=False)]
+    ids = [e["id"] for e in orjson.loads(store.reader.list_events(EventsQuery(limit=10)))["events"]]
     store.close()
     assert ids == sorted(set(ids)) and len(ids) == 3
 
@@ -55,6 +56,6 @@ def test_a_key_twice_in_one_batch_keeps_its_first_copy_in_stream_order(tmp_path:
     result = store.commit([message(5, "x"), message(3, "y"), message(4, "x")], state.counters, state.committed, 0)
     assert result.inserted == 2 and not result.conflict_fallback
     assert (result.counters.unique_processed, result.counters.store_duplicates) == (2, 1)
-    listed = store.reader.list_events(None, 0, 10, newest_first=False)
+    listed = orjson.loads(store.reader.list_events(EventsQuery(limit=10)))["events"]
     store.close()
     assert [(e["event_id"], e["seq"]) for e in listed] == [("y", 3), ("x", 4)]

@@ -17,6 +17,7 @@ from logmesh.bench.procs import peak_rss_mib
 from logmesh.cli.workload import make_workload, send_nats
 from logmesh.common.embedded import EmbeddedNats
 from logmesh.common.jetstream import connect, wait_for_stream
+from logmesh.common.nats_answers import ask
 from logmesh.common.processes import free_port, python_command, spawn, stop_process
 from logmesh.common.settings import CommonSettings
 from logmesh.common.waiting import wait_until_async
@@ -103,8 +104,8 @@ async def _watch(url: str, expected_new: int) -> tuple[dict[str, Any], dict[str,
 
     async def all_committed() -> dict[str, Any] | None:
         nonlocal first, start_received
-        reply = await nc.request("logmesh.query.stats", b"{}", timeout=5)
-        stats: dict[str, Any] = orjson.loads(reply.data)
+        answer = (await ask(nc, "logmesh.query.stats", b"{}", timeout=5)).data
+        stats: dict[str, Any] = orjson.loads(answer)
         if start_received is None:
             start_received = stats["received"]
         if first is None and stats["received"] > start_received:

@@ -9,6 +9,7 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from logmesh.common.jetstream import QUERY_SUBJECT_PREFIX, RECEIPT_SUBJECT
+from logmesh.common.nats_answers import ask
 
 
 async def stream_truth(nc: Client, stream: str = "LOGS") -> dict[str, int]:
@@ -38,17 +39,14 @@ async def stored_keys(nc: Client) -> list[tuple[str, str]]:
     keys: list[tuple[str, str]] = []
     after = 0
     while True:
-        reply = await nc.request(
-            f"{QUERY_SUBJECT_PREFIX}.events", orjson.dumps({"after": after, "limit": 1000}), timeout=30
-        )
-        page: list[dict[str, Any]] = orjson.loads(reply.data)
-        keys += [(e["topic"], e["event_id"]) for e in page]
-        if len(page) < 1000:
+        query = orjson.dumps({"after": after, "limit": 1000})
+        page: dict[str, Any] = orjson.loads((await ask(nc, f"{QUERY_SUBJECT_PREFIX}.events", query, timeout=30)).data)
+        keys += [(e["topic"], e["event_id"]) for e in page["events"]]
+        if page["next_cursor"] is None:
             return keys
-        after = page[-1]["id"]
+        after = int(page["next_cursor"])
 
 
 async def sink_stats(nc: Client) -> dict[str, Any]:
-    reply = await nc.request(f"{QUERY_SUBJECT_PREFIX}.stats", b"{}", timeout=10)
-    stats: dict[str, Any] = orjson.loads(reply.data)
+    stats: dict[str, Any] = orjson.loads((await ask(nc, f"{QUERY_SUBJECT_PREFIX}.stats", b"{}", timeout=10)).data)
     return stats

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from logmesh.common.metrics import RequestMetrics, metrics_route
-from logmesh.common.openapi import HEALTH_PATHS, openapi
+from logmesh.common.openapi import Health, Ready, json_content, openapi, responses
 from logmesh.common.security_headers import SecurityHeaders
 
 log = logging.getLogger("logmesh.http")
@@ -124,6 +124,20 @@ def health_routes(checks: Sequence[ReadinessCheck]) -> list[Route]:
         return FastJSONResponse({"ready": ready, "checks": parts}, status_code=200 if ready else 503)
 
     return [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+
+
+HEALTH_PATHS: dict[str, Any] = {
+    "/healthz": {"get": {"summary": "The process answers", "responses": responses("200", Health)}},
+    "/readyz": {
+        "get": {
+            "summary": "Every dependency answers",
+            "responses": {
+                "200": {"description": "ready", **json_content(Ready)},
+                "503": {"description": "not ready", **json_content(Ready)},
+            },
+        }
+    },
+}
 
 
 class EmbeddedServer(uvicorn.Server):

@@ -1,15 +1,19 @@
-"""The OpenAPI description of the HTTP API, built from the pydantic models the services use, so that
-it cannot drift from what they accept; ``GET /openapi.json`` serves it and the fuzz tests read it."""
+"""The OpenAPI description of the HTTP API. Each service declares the paths of its routes next to
+them, naming the pydantic models and parameters it uses, so that the description cannot drift from
+what it accepts and answers; ``GET /openapi.json`` serves it and the fuzz tests read it."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from logmesh import __version__
-from logmesh.common.model import TOPIC_SCHEMA, Event, FieldError
+from logmesh.common.model import FieldError
+from logmesh.common.query_contract import Param
 
 REF = "#/components/schemas/{model}"
 
@@ -27,74 +31,6 @@ class ErrorBody(BaseModel):
     error: ErrorInfo
 
 
-class PublishResult(BaseModel):
-    accepted: int = Field(description="events in the request")
-    duplicates: int = Field(description="events JetStream dropped as already seen inside its window")
-    stored: int = Field(description="events new to the stream")
-
-
-class StoredEvent(BaseModel):
-    id: int = Field(description="insertion order; pass the last one as cursor")
-    topic: str
-    event_id: str
-    timestamp: str
-    source: str
-    payload: dict[str, Any]
-    seq: int = Field(description="stream sequence of the message that stored it")
-    stored_at: str
-
-
-class EventPage(BaseModel):
-    events: list[StoredEvent]
-    count: int
-    next_cursor: str | None
-
-
-class DeadLetter(BaseModel):
-    id: int
-    seq: int
-    subject: str
-    reason: str
-    headers: dict[str, str] | None
-    body: str = Field(description="the start of the body, as UTF-8 with replacement characters")
-    body_bytes: int
-    body_truncated: bool
-    stored_at: str
-
-
-class DeadLetterPage(BaseModel):
-    dead_letters: list[DeadLetter]
-    count: int
-    next_cursor: str | None
-
-
-class Duplicates(BaseModel):
-    window: int
-    store: int
-
-
-class TopicStats(BaseModel):
-    topic: str
-    count: int
-    duplicates: Duplicates
-
-
-class Stats(BaseModel):
-    received: int
-    unique_processed: int
-    duplicate_dropped: int
-    duplicates: Duplicates
-    invalid: int
-    arrived: int
-    topics: list[TopicStats]
-    uptime_seconds: float
-    invariant_holds: bool
-    as_of: float = Field(description="when the figures were read (Unix time); at most a second old")
-    sink: dict[str, Any]
-    stream: dict[str, Any] | None = None
-    consumer: dict[str, Any] | None = None
-
-
 class Health(BaseModel):
     status: str
 
@@ -104,8 +40,13 @@ class Ready(BaseModel):
     checks: dict[str, dict[str, Any]]
 
 
-MODELS: list[type[BaseModel]] = [Event, ErrorBody, PublishResult, StoredEvent, EventPage, DeadLetterPage, Stats]
-MODELS += [Health, Ready]
+@dataclass(frozen=True, slots=True)
+class _ModelRef:
+    """Stands for a model's schema in a path until ``openapi`` collects the models."""
+
+    model: type[BaseModel]
+    mode: Literal["validation", "serialization"]
+
 
 _ERRORS = {
     "400": "malformed JSON",
@@ -114,134 +55,69 @@ _ERRORS = {
     "413": "body over the size limit",
     "415": "not application/json",
     "422": "invalid input; details name the index and field of every problem",
+    "502": "the sink answered with an error",
     "503": "a dependency is down; retry after Retry-After",
     "504": "the sink did not answer in time",
 }
 
 
-def _json(model: str) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": {"$ref": REF.format(model=model)}}}}
+def json_content(schema: type[BaseModel] | dict[str, Any], *, request: bool = False) -> dict[str, Any]:
+    """A JSON body of this model (or plain schema): as requests are validated, or as answers are."""
+    if isinstance(schema, type):
+        schema = {"schema": _ModelRef(schema, "validation" if request else "serialization")}
+    else:
+        schema = {"schema": schema}
+    return {"content": {"application/json": schema}}
 
 
-def _responses(ok: str, model: str, *errors: str) -> dict[str, Any]:
-    out: dict[str, Any] = {ok: {"description": "OK", **_json(model)}}
+def model_schema(model: type[BaseModel], *, request: bool = False) -> Any:
+    """A reference to a model's schema, for use inside a larger schema."""
+    return _ModelRef(model, "validation" if request else "serialization")
+
+
+def responses(ok: str, model: type[BaseModel], *errors: str) -> dict[str, Any]:
+    out: dict[str, Any] = {ok: {"description": "OK", **json_content(model)}}
     for code in errors:
-        out[code] = {"description": _ERRORS[code], **_json("ErrorBody")}
+        out[code] = {"description": _ERRORS[code], **json_content(ErrorBody)}
     return out
 
 
-def _query(name: str, schema: dict[str, Any], text: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": text}
-
-
-_PAGE = [
-    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 100)"),
-    _query("cursor", {"type": "string", "pattern": "^[0-9]{1,19}$"}, "next_cursor of the previous page"),
-    _query("order", {"type": "string", "enum": ["asc", "desc"]}, "insertion order, or newest first"),
-]
-_TOPIC = TOPIC_SCHEMA
-
-INGEST_PATHS: dict[str, Any] = {
-    "/publish": {
-        "post": {
-            "summary": "Publish one event or an array of events",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "oneOf": [
-                                {"$ref": REF.format(model="Event")},
-                                {"type": "array", "items": {"$ref": REF.format(model="Event")}, "minItems": 1},
-                            ]
-                        }
-                    }
-                },
-            },
-            "responses": _responses("202", "PublishResult", "400", "408", "413", "415", "422", "503"),
-        }
-    }
-}
-
-QUERY_PATHS: dict[str, Any] = {
-    "/": {
-        "get": {
-            "summary": "The live dashboard (HTML)",
-            "responses": {
-                "200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}},
-                "304": {"description": "Not modified (If-None-Match)"},
-            },
-        }
-    },
-    # The dashboard's files; the page links each as <file>?v=<content hash>, which may be cached for good.
-    **{
-        path: {
-            "get": {
-                "summary": summary,
-                "parameters": [_query("v", {"type": "string"}, "content hash; the current one makes it cacheable")],
-                "responses": {
-                    "200": {"description": "OK", "content": {media_type: {"schema": {"type": "string"}}}},
-                    "304": {"description": "Not modified (If-None-Match)"},
-                },
-            }
-        }
-        for path, summary, media_type in [
-            ("/dashboard.css", "The dashboard's stylesheet", "text/css"),
-            ("/dashboard.js", "The dashboard's script", "text/javascript"),
-            ("/favicon.ico", "The dashboard's icon (PNG)", "image/png"),
-        ]
-    },
-    "/stats": {"get": {"summary": "Counters, topics, lag", "responses": _responses("200", "Stats", "503", "504")}},
-    "/events": {
-        "get": {
-            "summary": "Stored events, in insertion order, a page at a time",
-            "parameters": [_query("topic", _TOPIC, "only this topic"), *_PAGE],
-            "responses": _responses("200", "EventPage", "422", "503", "504"),
-        }
-    },
-    "/events/{topic}/{event_id}": {
-        "get": {
-            "summary": "One stored event",
-            "parameters": [
-                {"name": "topic", "in": "path", "required": True, "schema": _TOPIC},
-                {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}},
-            ],
-            "responses": _responses("200", "StoredEvent", "404", "422", "503", "504"),
-        }
-    },
-    "/dead-letters": {
-        "get": {
-            "summary": "Messages the sink could not store, newest first, with the reason",
-            "parameters": _PAGE,
-            "responses": _responses("200", "DeadLetterPage", "422", "503", "504"),
-        }
-    },
-}
-
-HEALTH_PATHS: dict[str, Any] = {
-    "/healthz": {"get": {"summary": "The process answers", "responses": _responses("200", "Health")}},
-    "/readyz": {
-        "get": {
-            "summary": "Every dependency answers",
-            "responses": {
-                "200": {"description": "ready", **_json("Ready")},
-                "503": {"description": "not ready", **_json("Ready")},
-            },
-        }
-    },
-}
+def parameters(params: Sequence[Param]) -> list[dict[str, Any]]:
+    return [p.openapi() for p in params]
 
 
 def openapi(title: str, *path_groups: dict[str, Any]) -> dict[str, Any]:
-    modes = [(m, "validation" if m is Event else "serialization") for m in MODELS]
-    _, definitions = models_json_schema(modes, ref_template=REF)  # type: ignore[arg-type]
     paths: dict[str, Any] = {}
     for group in path_groups:
         paths.update(group)
     paths["/openapi.json"] = {"get": {"summary": "This description", "responses": {"200": {"description": "OK"}}}}
+    used: dict[tuple[type[BaseModel], str], None] = {}
+    _collect(paths, used)
+    refs, definitions = models_json_schema(list(used), ref_template=REF)  # type: ignore[arg-type]
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": __version__},
-        "paths": paths,
-        "components": {"schemas": definitions["$defs"]},
+        "paths": _resolved(paths, refs),
+        "components": {"schemas": definitions.get("$defs", {})},
     }
+
+
+def _collect(node: Any, used: dict[tuple[type[BaseModel], str], None]) -> None:
+    if isinstance(node, _ModelRef):
+        used[(node.model, node.mode)] = None
+    elif isinstance(node, dict):
+        for value in node.values():
+            _collect(value, used)
+    elif isinstance(node, list):
+        for value in node:
+            _collect(value, used)
+
+
+def _resolved(node: Any, refs: dict[Any, Any]) -> Any:
+    if isinstance(node, _ModelRef):
+        return refs[(node.model, node.mode)]
+    if isinstance(node, dict):
+        return {k: _resolved(v, refs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolved(v, refs) for v in node]
+    return node

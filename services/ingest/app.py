@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
+from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,7 +22,7 @@ from logmesh.common.fastnats import FastClient
 from logmesh.common.http import ApiError, FastJSONResponse, build_app
 from logmesh.common.jetstream import NatsLink, log_subject, wait_for_stream
 from logmesh.common.model import EVENT_ADAPTER, Event
-from logmesh.common.openapi import INGEST_PATHS
+from logmesh.common.openapi import json_content, model_schema, responses
 from logmesh.common.publisher import AckedPublisher, Outgoing, duplicates_by_topic, receipt_message
 from logmesh.ingest.body import check_content_type, parse_events, read_body
 from logmesh.ingest.settings import IngestSettings
@@ -29,6 +30,29 @@ from logmesh.ingest.settings import IngestSettings
 log = logging.getLogger("logmesh.ingest")
 
 RETRY_AFTER = {"Retry-After": "1"}
+
+
+class PublishResult(BaseModel):
+    accepted: int = Field(description="events in the request")
+    duplicates: int = Field(description="events JetStream dropped as already seen inside its window")
+    stored: int = Field(description="events new to the stream")
+
+
+_EVENTS = {
+    "oneOf": [
+        model_schema(Event, request=True),
+        {"type": "array", "items": model_schema(Event, request=True), "minItems": 1},
+    ]
+}
+INGEST_PATHS: dict[str, Any] = {
+    "/publish": {
+        "post": {
+            "summary": "Publish one event or an array of events",
+            "requestBody": {"required": True, **json_content(_EVENTS)},
+            "responses": responses("202", PublishResult, "400", "408", "413", "415", "422", "503"),
+        }
+    }
+}
 
 
 class Ingest:

@@ -8,32 +8,82 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import orjson
-from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from prometheus_client import CollectorRegistry
-from pydantic import ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from logmesh.common.http import ApiError, FastJSONResponse, build_app
+from logmesh.common.http import ApiError, build_app
 from logmesh.common.jetstream import QUERY_SUBJECT_PREFIX, NatsLink
-from logmesh.common.model import check_event_id, check_topic
-from logmesh.common.openapi import QUERY_PATHS
-from logmesh.query.dashboard import dashboard_routes
+from logmesh.common.nats_answers import Answer, ErrorAnswer, ask
+from logmesh.common.openapi import parameters, responses
+from logmesh.common.query_contract import (
+    DEAD_LETTERS_PARAMS,
+    EVENT_PARAMS,
+    EVENTS_PARAMS,
+    STATS_PARAMS,
+    DeadLetterPage,
+    DeadLettersQuery,
+    EventPage,
+    EventQuery,
+    EventsQuery,
+    NoQuery,
+    Param,
+    ParamError,
+    Stats,
+    StoredEvent,
+    parse_params,
+)
+from logmesh.query.dashboard import DASHBOARD_PATHS, dashboard_routes
 from logmesh.query.settings import QuerySettings
 from logmesh.query.stats import StatsView
 
 log = logging.getLogger("logmesh.query")
 
 RETRY_AFTER = {"Retry-After": "1"}
-MAX_LIMIT = 1000
+_SINK_ERRORS = ("502", "503", "504")
+
+QUERY_PATHS: dict[str, Any] = {
+    **DASHBOARD_PATHS,
+    "/stats": {
+        "get": {
+            "summary": "Counters, topics, lag",
+            "parameters": parameters(STATS_PARAMS),
+            "responses": responses("200", Stats, "422", *_SINK_ERRORS),
+        }
+    },
+    "/events": {
+        "get": {
+            "summary": "Stored events, in insertion order, a page at a time",
+            "parameters": parameters(EVENTS_PARAMS),
+            "responses": responses("200", EventPage, "422", *_SINK_ERRORS),
+        }
+    },
+    "/events/{topic}/{event_id}": {
+        "get": {
+            "summary": "One stored event",
+            "parameters": parameters(EVENT_PARAMS),
+            "responses": responses("200", StoredEvent, "404", "422", *_SINK_ERRORS),
+        }
+    },
+    "/dead-letters": {
+        "get": {
+            "summary": "Messages the sink could not store, newest first, with the reason",
+            "parameters": parameters(DEAD_LETTERS_PARAMS),
+            "responses": responses("200", DeadLetterPage, "422", *_SINK_ERRORS),
+        }
+    },
+}
+
+Q = TypeVar("Q", bound=BaseModel)
 
 
 class Query:
@@ -43,7 +93,7 @@ class Query:
         self.settings = settings
         self.started = time.time()
         self.link = NatsLink(settings.nats_url, "logmesh-query")
-        self.view = StatsView(self.ask_sink, self._client, settings.stream, settings.consumer)
+        self.view = StatsView(self.ask_sink, self.link.client, settings.stream, settings.consumer)
 
     async def start(self) -> None:
         await self.link.start()
@@ -52,73 +102,45 @@ class Query:
         await self.view.stop()
         await self.link.stop()
 
-    def _client(self) -> Client:
+    async def ask_sink(self, endpoint: str, query: BaseModel, timeout: float | None = None) -> Answer:
+        """The sink's whole answer: JSON, and the headers it came with."""
         nc = self.link.client()
         if nc is None:
             raise ApiError(503, "unavailable", "NATS is not reachable; retry later", headers=RETRY_AFTER)
-        return nc
-
-    async def ask_sink(self, endpoint: str, query: dict[str, Any], timeout: float | None = None) -> Any:
-        nc = self._client()
+        subject = f"{QUERY_SUBJECT_PREFIX}.{endpoint}"
         try:
-            reply = await nc.request(
-                f"{QUERY_SUBJECT_PREFIX}.{endpoint}",
-                orjson.dumps(query),
-                timeout=timeout or self.settings.query_timeout,
-            )
+            return await ask(nc, subject, query.model_dump_json().encode(), timeout or self.settings.query_timeout)
         except NoRespondersError:
             raise ApiError(503, "sink_unavailable", "the sink is not running", headers=RETRY_AFTER) from None
         except (NatsTimeoutError, TimeoutError):
             raise ApiError(504, "timeout", "the sink did not answer in time", headers=RETRY_AFTER) from None
-        code = reply.headers.get("Nats-Service-Error-Code") if reply.headers else None
-        if code:
-            message = (reply.headers or {}).get("Nats-Service-Error", "")
-            status = int(code) if code in ("400", "404") else 502
-            kind = {400: "bad_request", 404: "not_found"}.get(status, "sink_error")
-            raise ApiError(status, kind, message or "the sink could not answer")
-        return orjson.loads(reply.data)
+        except ErrorAnswer as exc:
+            if exc.code == "404":
+                raise ApiError(404, "not_found", exc.message or "not found") from None
+            raise ApiError(502, "sink_error", exc.message or "the sink could not answer") from None
 
     # ---- routes ------------------------------------------------------------------------------
 
     async def stats(self, request: Request) -> Response:
-        out = dict(await self.view.get())
-        out["uptime_seconds"] = round(time.time() - self.started, 3)
-        return FastJSONResponse(out)
+        _parsed(NoQuery, STATS_PARAMS, request)
+        return _json(await self.view.body(uptime_seconds=round(time.time() - self.started, 3)))
 
     async def list_events(self, request: Request) -> Response:
-        params = request.query_params
-        query: dict[str, Any] = {
-            "limit": _limit(params.get("limit")),
-            "after": _cursor(params.get("cursor")),
-            "newest_first": _order(params.get("order")),
-        }
-        if params.get("topic"):
-            query["topic"] = _checked("topic", params["topic"], check_topic)
-        events = await self.ask_sink("events", query)
-        next_cursor = str(events[-1]["id"]) if len(events) == query["limit"] else None
-        return FastJSONResponse({"events": events, "count": len(events), "next_cursor": next_cursor})
+        query = _parsed(EventsQuery, EVENTS_PARAMS, request)
+        return _json((await self.ask_sink("events", query)).data)
 
     async def get_event(self, request: Request) -> Response:
-        topic = _checked("topic", request.path_params["topic"], check_topic)
-        event_id = _checked("event_id", request.path_params["event_id"], check_event_id)
+        query = _parsed(EventQuery, EVENT_PARAMS, request)
         try:
-            event = await self.ask_sink("event", {"topic": topic, "event_id": event_id})
+            return _json((await self.ask_sink("event", query)).data)
         except ApiError as exc:
             if exc.status == 404:
-                raise ApiError(404, "not_found", f"no event {event_id!r} in topic {topic!r}") from None
+                raise ApiError(404, "not_found", f"no event {query.event_id!r} in topic {query.topic!r}") from None
             raise
-        return FastJSONResponse(event)
 
     async def list_dead_letters(self, request: Request) -> Response:
-        params = request.query_params
-        query = {
-            "limit": _limit(params.get("limit")),
-            "after": _cursor(params.get("cursor")),
-            "newest_first": _order(params.get("order"), default=True),
-        }
-        letters = await self.ask_sink("dead_letters", query)
-        next_cursor = str(letters[-1]["id"]) if len(letters) == query["limit"] else None
-        return FastJSONResponse({"dead_letters": letters, "count": len(letters), "next_cursor": next_cursor})
+        query = _parsed(DeadLettersQuery, DEAD_LETTERS_PARAMS, request)
+        return _json((await self.ask_sink("dead_letters", query)).data)
 
     def routes(self) -> list[Route]:
         return [
@@ -134,48 +156,24 @@ class Query:
         sink: dict[str, Any] = {"ok": False}
         if nats_ok:
             try:
-                stats = await self.ask_sink("stats", {}, timeout=1.0)
-                sink = {"ok": bool(stats["sink"]["ready"]), "last_error": stats["sink"]["last_error"]}
+                # The sink's own state only: the stats answer grows with the number of topics.
+                status = orjson.loads((await self.ask_sink("status", NoQuery(), timeout=1.0)).data)
+                sink = {"ok": bool(status["ready"]), "last_error": status["last_error"]}
             except ApiError as exc:
                 sink["error"] = exc.message
         return {"nats": {"ok": nats_ok}, "sink": sink}
 
 
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(
-        422, "validation_error", f"{field}: {message}", details=[{"index": None, "field": field, "message": message}]
-    )
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
 
 
-def _checked(field: str, value: str, check: Any) -> str:
+def _parsed(model: type[Q], params: Sequence[Param], request: Request) -> Q:
     try:
-        return str(check(value))
-    except (PydanticCustomError, ValidationError) as exc:
-        raise _invalid(field, exc.message() if isinstance(exc, PydanticCustomError) else str(exc)) from None
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return 100
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise _invalid("limit", f"must be an integer from 1 to {MAX_LIMIT}")
-    return int(raw)
-
-
-def _cursor(raw: str | None) -> int:
-    if raw is None or raw == "":
-        return 0
-    if not raw.isdigit() or len(raw) > 19:
-        raise _invalid("cursor", "must be a next_cursor value from a previous page")
-    return int(raw)
-
-
-def _order(raw: str | None, default: bool = False) -> bool:
-    if raw is None:
-        return default
-    if raw not in ("asc", "desc"):
-        raise _invalid("order", "must be 'asc' or 'desc'")
-    return raw == "desc"
+        return parse_params(model, params, request.query_params.multi_items(), request.path_params)
+    except ParamError as exc:
+        detail = {"index": None, "field": exc.name, "message": exc.message}
+        raise ApiError(422, "validation_error", str(exc), details=[detail]) from None
 
 
 def create_app(settings: QuerySettings, registry: CollectorRegistry | None = None) -> Starlette:

@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -97,3 +98,48 @@ def dashboard_routes() -> list[Route]:
     routes = [Route("/", serve_page, methods=["GET"])]
     routes += [Route(f"/{url}", _file_endpoint(file), methods=["GET"]) for url, file in files.items()]
     return routes
+
+
+_FILE_SUMMARIES = {
+    "dashboard.css": "The dashboard's stylesheet",
+    "dashboard.js": "The dashboard's script",
+    "favicon.ico": "The dashboard's icon (PNG)",
+}
+_NOT_MODIFIED = {"304": {"description": "Not modified (If-None-Match)"}}
+
+DASHBOARD_PATHS: dict[str, Any] = {
+    "/": {
+        "get": {
+            "summary": "The live dashboard (HTML)",
+            "responses": {
+                "200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}},
+                **_NOT_MODIFIED,
+            },
+        }
+    },
+    # The page links each file as <file>?v=<content hash>, which may be cached for good.
+    **{
+        f"/{url}": {
+            "get": {
+                "summary": _FILE_SUMMARIES[url],
+                "parameters": [
+                    {
+                        "name": "v",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "content hash; the current one makes it cacheable",
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {media_type.split(";")[0]: {"schema": {"type": "string"}}},
+                    },
+                    **_NOT_MODIFIED,
+                },
+            }
+        }
+        for url, (_, media_type) in _FILES.items()
+    },
+}

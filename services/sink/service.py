@@ -22,8 +22,10 @@ from logmesh import __version__
 from logmesh.common.failpoints import POISON_MARKER, Failpoints
 from logmesh.common.fastnats import FastClient
 from logmesh.common.jetstream import close, connect, ensure_consumer, wait_for_stream
+from logmesh.common.query_contract import DeadLettersQuery, EventQuery, EventsQuery
 from logmesh.common.wire import Delivery, WireMsg, delivery_count
-from logmesh.sink.endpoints import DeadLettersQuery, EventQuery, EventsQuery, start_query_service
+from logmesh.sink.counters import Counters
+from logmesh.sink.endpoints import start_query_service
 from logmesh.sink.metrics import SinkMetrics
 from logmesh.sink.puller import Puller
 from logmesh.sink.settings import SinkSettings
@@ -219,29 +221,26 @@ class Sink:
 
     # ---- queries (served over NATS by endpoints.py) ------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
-        counters = self.writer.counters
-        out = counters.as_json()
-        out["invariant_holds"] = counters.invariant_holds
-        out["sink"] = {
-            "uptime_seconds": round(time.time() - self.started, 3),
+    def counters(self) -> Counters:
+        return self.writer.counters
+
+    def status(self) -> dict[str, Any]:
+        return {
             "ready": self.ready,
             "last_error": self.last_error,
+            "uptime_seconds": round(time.time() - self.started, 3),
             "last_commit_at": self.last_commit_at,
             "batches_committed": self.batches,
             "buffered": self.buffered,
             "metrics_port": self.metrics.port,
             "store_bytes": self.writer.store.file_size() if self.ready else None,
         }
-        return out
 
-    def list_events(self, q: EventsQuery) -> list[dict[str, Any]]:
-        after = q.after if q.after or not q.newest_first else 2**63
-        return self.writer.store.reader.list_events(q.topic, after, q.limit, q.newest_first)
+    def list_events(self, q: EventsQuery) -> bytes:
+        return self.writer.store.reader.list_events(q)
 
-    def get_event(self, q: EventQuery) -> dict[str, Any] | None:
-        return self.writer.store.reader.get_event(q.topic, q.event_id)
+    def get_event(self, q: EventQuery) -> bytes | None:
+        return self.writer.store.reader.get_event(q)
 
-    def list_dead_letters(self, q: DeadLettersQuery) -> list[dict[str, Any]]:
-        after = q.after if q.after or not q.newest_first else 2**63
-        return self.writer.store.reader.list_dead_letters(after, q.limit, q.newest_first)
+    def list_dead_letters(self, q: DeadLettersQuery) -> bytes:
+        return self.writer.store.reader.list_dead_letters(q)
