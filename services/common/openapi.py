@@ -218,6 +218,46 @@ QUERY_PATHS: dict[str, Any] = {
     },
 }
 
+# ---- GET /stats/history: the rate history the dashboard draws (logmesh.query.rates) ---------------
+
+
+class RatePoint(BaseModel):
+    t: float = Field(description="end of the interval (Unix time)")
+    seconds: float = Field(description="length of the interval")
+    arrived: float = Field(description="events per second the sink counted as arrived (stored, duplicate or invalid)")
+    committed: float = Field(description="events per second stored as new")
+    duplicates_window: float = Field(description="events per second dropped by JetStream's duplicate window")
+    duplicates_store: float = Field(description="events per second dropped by the store's primary key")
+    invalid: float = Field(description="messages per second kept as dead letters")
+    appended: float | None = Field(
+        description="messages per second appended to the stream, as they arrive (before the sink reads them)"
+    )
+    pending: int | None = Field(description="consumer messages not yet delivered, at t")
+    ack_pending: int | None = Field(description="consumer messages delivered, not yet acked, at t")
+
+
+class RateHistory(BaseModel):
+    interval_seconds: float = Field(description="how often the counters are read")
+    window_seconds: float = Field(description="how far back the history goes")
+    points: list[RatePoint] = Field(description="oldest first; a gap where the counters could not be read")
+
+
+MODELS.append(RateHistory)
+QUERY_PATHS["/stats/history"] = {
+    "get": {
+        "summary": "Rates per second over the last minutes, from the counters read every few seconds",
+        "parameters": [
+            _query(
+                "since",
+                {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,9})?$"},
+                "only points after this Unix time (the t of the newest point already fetched)",
+            )
+        ],
+        "responses": _responses("200", "RateHistory", "422"),
+    }
+}
+
+
 HEALTH_PATHS: dict[str, Any] = {
     "/healthz": {"get": {"summary": "The process answers", "responses": _responses("200", "Health")}},
     "/readyz": {

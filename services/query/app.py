@@ -27,6 +27,7 @@ from logmesh.common.jetstream import QUERY_SUBJECT_PREFIX, NatsLink
 from logmesh.common.model import check_event_id, check_topic
 from logmesh.common.openapi import QUERY_PATHS
 from logmesh.query.dashboard import dashboard_routes
+from logmesh.query.rates import RateHistory
 from logmesh.query.settings import QuerySettings
 from logmesh.query.stats import StatsView
 
@@ -44,11 +45,14 @@ class Query:
         self.started = time.time()
         self.link = NatsLink(settings.nats_url, "logmesh-query")
         self.view = StatsView(self.ask_sink, self._client, settings.stream, settings.consumer)
+        self.history = RateHistory(self.view.get)
 
     async def start(self) -> None:
         await self.link.start()
+        self.history.start()
 
     async def stop(self) -> None:
+        await self.history.stop()
         await self.view.stop()
         await self.link.stop()
 
@@ -124,6 +128,7 @@ class Query:
         return [
             *dashboard_routes(),
             Route("/stats", self.stats, methods=["GET"]),
+            Route("/stats/history", self.history.serve, methods=["GET"]),
             Route("/events", self.list_events, methods=["GET"]),
             Route("/events/{topic}/{event_id:path}", self.get_event, methods=["GET"]),
             Route("/dead-letters", self.list_dead_letters, methods=["GET"]),
