@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from logmesh.common.http import ApiError, build_app
+from logmesh.common.http import ApiError, FastJSONResponse, build_app
 from logmesh.common.jetstream import QUERY_SUBJECT_PREFIX, NatsLink
 from logmesh.common.nats_answers import Answer, ErrorAnswer, ask
 from logmesh.common.openapi import parameters, responses
@@ -43,6 +43,7 @@ from logmesh.common.query_contract import (
     parse_params,
 )
 from logmesh.query.dashboard import DASHBOARD_PATHS, dashboard_routes
+from logmesh.query.rates import HISTORY_PARAMS, HISTORY_PATHS, HistoryQuery, RateRecorder
 from logmesh.query.settings import QuerySettings
 from logmesh.query.stats import StatsView
 
@@ -53,6 +54,7 @@ _SINK_ERRORS = ("502", "503", "504")
 
 QUERY_PATHS: dict[str, Any] = {
     **DASHBOARD_PATHS,
+    **HISTORY_PATHS,
     "/stats": {
         "get": {
             "summary": "Counters, topics, lag",
@@ -94,11 +96,14 @@ class Query:
         self.started = time.time()
         self.link = NatsLink(settings.nats_url, "logmesh-query")
         self.view = StatsView(self.ask_sink, self.link.client, settings.stream, settings.consumer)
+        self.history = RateRecorder(self.view.summary)
 
     async def start(self) -> None:
         await self.link.start()
+        self.history.start()
 
     async def stop(self) -> None:
+        await self.history.stop()
         await self.view.stop()
         await self.link.stop()
 
@@ -125,6 +130,10 @@ class Query:
         _parsed(NoQuery, STATS_PARAMS, request)
         return _json(await self.view.body(uptime_seconds=round(time.time() - self.started, 3)))
 
+    async def stats_history(self, request: Request) -> Response:
+        query = _parsed(HistoryQuery, HISTORY_PARAMS, request)
+        return FastJSONResponse(self.history.answer(query.since))
+
     async def list_events(self, request: Request) -> Response:
         query = _parsed(EventsQuery, EVENTS_PARAMS, request)
         return _json((await self.ask_sink("events", query)).data)
@@ -146,6 +155,7 @@ class Query:
         return [
             *dashboard_routes(),
             Route("/stats", self.stats, methods=["GET"]),
+            Route("/stats/history", self.stats_history, methods=["GET"]),
             Route("/events", self.list_events, methods=["GET"]),
             Route("/events/{topic}/{event_id:path}", self.get_event, methods=["GET"]),
             Route("/dead-letters", self.list_dead_letters, methods=["GET"]),

@@ -1,4 +1,4 @@
-"""The live dashboard: one HTML page that polls /stats, /events and /dead-letters, with its
+"""The live dashboard: one HTML page that polls /stats, /stats/history, /events and /dead-letters, with its
 stylesheet, script and icon beside it as files (the Content-Security-Policy allows no inline script
 or style). No build step: they are package data, read once and served from memory.
 

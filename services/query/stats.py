@@ -49,11 +49,24 @@ class StatsView:
 
     async def body(self, **extra: Any) -> bytes:
         """The latest stats, with ``extra`` fields added, as JSON."""
+        await self._fresh()
+        return b"".join((self._head, self._counters, b",", memoryview(orjson.dumps(extra))[1:]))
+
+    async def summary(self) -> dict[str, Any]:
+        """The latest stats without the per-topic list, which is all that can be large: cheap to read
+        however many topics there are."""
+        await self._fresh()
+        counters = bytes(self._counters)
+        cut = counters.find(b',"topics":')
+        totals: dict[str, Any] = orjson.loads(b"{" + (counters[:cut] if cut >= 0 else counters) + b"}")
+        head: dict[str, Any] = orjson.loads(self._head[:-1] + b"}")
+        return {**head, **totals}
+
+    async def _fresh(self) -> None:
         if self._refresher is None:
             self._refresher = asyncio.create_task(self._refresh_forever())
         if self._taken is None or time.monotonic() - self._taken >= max(MAX_AGE, 4 * self._took):
             await self._take()  # first request, or the refresher is failing: show why
-        return b"".join((self._head, self._counters, b",", memoryview(orjson.dumps(extra))[1:]))
 
     async def stop(self) -> None:
         if self._refresher is not None:
@@ -86,7 +99,7 @@ class StatsView:
         if counters.data != b"null":
             self._counters = memoryview(counters.data)[1:-1]
             self._counters_as_of = float(counters.headers[COUNTERS_AS_OF_HEADER])
-        fields: dict[str, Any] = {"sink": orjson.Fragment(status.data)}
+        fields: dict[str, Any] = {"as_of": time.time(), "sink": orjson.Fragment(status.data)}
         # Lag and size come from JetStream itself; without them the counters are still worth serving.
         if stream_task.exception() is None:
             stream = stream_task.result()

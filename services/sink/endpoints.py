@@ -78,15 +78,14 @@ class _CountersJson:
             if stale and time.monotonic() - self._built_at >= REBUILD_PAUSE_FACTOR * self._cost:
                 started = time.monotonic()
                 as_of = time.time()
-                self.json = await asyncio.to_thread(_counters_json, counters, as_of)
+                self.json = await asyncio.to_thread(_counters_json, counters)
                 self._counters, self.as_of, self._built_at = counters, as_of, time.monotonic()
                 self._cost = self._built_at - started
 
 
-def _counters_json(counters: Counters, as_of: float) -> bytes:
+def _counters_json(counters: Counters) -> bytes:
     fields = counters.as_json()
     fields["invariant_holds"] = counters.invariant_holds
-    fields["as_of"] = as_of
     return orjson.dumps(fields)
 
 
