@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 
 from logmesh.common.embedded import EmbeddedNats
 from logmesh.common.http import bound_port, build_app, make_server
+from logmesh.common.natsio import NatsIo
 from logmesh.common.processes import python_command, spawn, stop_process
 from logmesh.common.settings import CommonSettings, flag_name
 from logmesh.ingest.app import Ingest
@@ -33,6 +34,7 @@ class UpSettings(CommonSettings):
     nats_port: int = Field(4222, ge=1, le=65535, description="port of the embedded nats-server")
     nats_url: str | None = Field(None, description="use this NATS server instead of starting one")
     metrics_port: int = Field(9464, ge=0, le=65535, description="port of the sink's Prometheus endpoint")
+    nats_io: NatsIo = Field("fast", description="hot NATS paths of the sink and ingest: 'fast' or 'plain'")
 
 
 def combined_app(ingest_settings: IngestSettings, query_settings: QuerySettings) -> Starlette:
@@ -62,6 +64,7 @@ class Stack:
             "metrics_port": self.settings.metrics_port,
             "log_level": self.sink_log_level,
             "nats_url": self.nats_url,
+            "nats_io": self.settings.nats_io,
             "data_dir": self.settings.data_dir,
         }
         args = ["sink"]
@@ -78,7 +81,13 @@ class Stack:
             self.nats_url = self.nats.url
         self._start_sink()
         self._supervisor = asyncio.create_task(self._supervise_sink())
-        http = {"nats_url": self.nats_url, "host": s.host, "http_port": s.http_port, **self._common()}
+        http = {
+            "nats_url": self.nats_url,
+            "nats_io": s.nats_io,
+            "host": s.host,
+            "http_port": s.http_port,
+            **self._common(),
+        }
         app = combined_app(IngestSettings(**http), QuerySettings(**http))
         self._server = make_server(app, s.host, s.http_port)
         self._serving = asyncio.create_task(self._server.serve())

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from logmesh.common.jetstream import close, connect, log_subject
 from logmesh.common.model import msg_id
+from logmesh.common.natsio import NatsIo
 from logmesh.common.publisher import AckedPublisher, Outgoing, Prepared, duplicates_by_topic, receipt_message
 
 LEVELS = ("debug", "info", "info", "info", "warning", "error")
@@ -120,7 +121,12 @@ async def send_http(
 
 
 async def send_nats(
-    nats_url: str, batches: Sequence[Sequence[dict[str, Any]]], clients: int, *, show_progress: bool = True
+    nats_url: str,
+    batches: Sequence[Sequence[dict[str, Any]]],
+    clients: int,
+    *,
+    show_progress: bool = True,
+    nats_io: NatsIo = "fast",
 ) -> SendReport:
     """Publishes with JetStream acks (and a receipt for the duplicates, as ingest does)."""
     report = SendReport()
@@ -129,7 +135,7 @@ async def send_nats(
         for batch in batches
     ]
     topics = [[e["topic"] for e in batch] for batch in batches]
-    nc = await connect(nats_url, "logmesh-publish")
+    nc = await connect(nats_url, "logmesh-publish", io=nats_io)
     try:
         await nc.jetstream().find_stream_name_by_subject(log_subject("any"))
     except NotFoundError:

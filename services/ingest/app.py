@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import Any
 
+from nats.aio.client import Client
 from prometheus_client import CollectorRegistry, Counter
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,7 +18,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from logmesh.common.failpoints import Failpoints
-from logmesh.common.fastnats import FastClient
 from logmesh.common.http import ApiError, FastJSONResponse, build_app
 from logmesh.common.jetstream import NatsLink, log_subject, wait_for_stream
 from logmesh.common.model import EVENT_ADAPTER, Event
@@ -46,10 +46,10 @@ class Ingest:
             registry=registry,
         )
         self.publisher: AckedPublisher | None = None
-        self.link = NatsLink(settings.nats_url, "logmesh-ingest", self._declare)
+        self.link = NatsLink(settings.nats_url, "logmesh-ingest", self._declare, io=settings.nats_io)
         self._failpoints = Failpoints(settings.failpoints)
 
-    async def _declare(self, nc: FastClient) -> None:
+    async def _declare(self, nc: Client) -> None:
         await wait_for_stream(nc.jetstream(), self.settings)
         self.publisher = AckedPublisher(nc)
         await self.publisher.start()
@@ -60,7 +60,7 @@ class Ingest:
     async def stop(self) -> None:
         await self.link.stop()
 
-    def _ready_publisher(self) -> tuple[FastClient, AckedPublisher]:
+    def _ready_publisher(self) -> tuple[Client, AckedPublisher]:
         nc = self.link.client()
         if nc is None or self.publisher is None:
             raise ApiError(503, "unavailable", "JetStream is not reachable; retry later", headers=RETRY_AFTER)

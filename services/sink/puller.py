@@ -1,9 +1,9 @@
 """Reads a durable pull consumer with pull requests answered into one raw subscription.
 
 nats-py's ``fetch()`` awaits every message through ``next_msg`` and tops out near 27,000 msg/s here.
-Here the read loop hands each message's raw parts to a function that appends them to a buffer (see
-``fastnats``). One pull request is outstanding at a time; the next is sent as soon as the buffer has
-room, so messages keep arriving while the previous batch commits.
+Here each message's raw parts go to a function that appends them to a buffer (on the fast NATS path
+straight from the read loop, see ``natsio``). One pull request is outstanding at a time; the next is
+sent as soon as the buffer has room, so messages keep arriving while the previous batch commits.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 import nats
 import orjson
+from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
-from logmesh.common.fastnats import FastClient, pub, pub_each
+from logmesh.common.natsio import wire_io
 from logmesh.common.wire import WireMsg
 
 log = logging.getLogger("logmesh.sink")
@@ -31,7 +33,7 @@ IN_PROGRESS = b"+WPI"
 class Puller:
     def __init__(
         self,
-        nc: FastClient,
+        nc: Client,
         stream: str,
         consumer: str,
         *,
@@ -41,6 +43,7 @@ class Puller:
         max_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self._nc = nc
+        self._io = wire_io(nc)
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._batch = batch
         self._max_buffered = max(max_buffered, batch)
@@ -61,7 +64,7 @@ class Puller:
         self._pulling = False
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe_raw(self._inbox + ".*", self._on_message)
+        self._sub = await self._io.subscribe_raw(self._inbox + ".*", self._on_message)
         self._pulling = True
         await self._request()
 
@@ -170,16 +173,17 @@ class Puller:
         """Acks every message, except those at the positions in ``terminate``, which are terminated with
         their reason: all in one write. Without a connection the acks are lost, which is safe: JetStream
         redelivers the messages and the sink recognises them as committed."""
-        terms = [pub(msgs[i][1], b"+TERM " + reason[:200].encode()) for i, reason in terminate.items()]
+        io = self._io
+        terms = [io.pub(msgs[i][1], b"+TERM " + reason[:200].encode()) for i, reason in terminate.items()]
         acks = [m[1] for i, m in enumerate(msgs) if i not in terminate] if terminate else [m[1] for m in msgs]
-        await self._send([*terms, pub_each(acks, ACK)])
+        await self._send([*terms, io.pub_each(acks, ACK)])
 
     async def in_progress(self, msgs: Iterable[WireMsg]) -> None:
         """Resets ``ack_wait`` for messages still being worked on, so JetStream does not redeliver them."""
-        await self._send([pub_each([m[1] for m in msgs], IN_PROGRESS)])
+        await self._send([self._io.pub_each([m[1] for m in msgs], IN_PROGRESS)])
 
-    async def _send(self, commands: Iterable[bytes]) -> None:
+    async def _send(self, messages: Iterable[Any]) -> None:
         try:
-            await self._nc.publish_many(commands)
+            await self._io.publish_many(messages)
         except (nats.errors.Error, OSError) as exc:
             log.warning("acks not sent (%s); JetStream will redeliver", exc or type(exc).__name__)

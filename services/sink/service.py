@@ -16,11 +16,11 @@ import time
 from typing import Any
 
 import nats
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from logmesh import __version__
 from logmesh.common.failpoints import POISON_MARKER, Failpoints
-from logmesh.common.fastnats import FastClient
 from logmesh.common.jetstream import close, connect, ensure_consumer, wait_for_stream
 from logmesh.common.wire import Delivery, WireMsg, delivery_count
 from logmesh.sink.endpoints import DeadLettersQuery, EventQuery, EventsQuery, start_query_service
@@ -57,13 +57,13 @@ class Sink:
         s = self.settings
         await self.writer.open()
         self._journal.load()
-        nc: FastClient | None = None
+        nc: Client | None = None
         service = None
         waker: asyncio.Task[None] | None = None
         keeper: asyncio.Task[None] | None = None
         lag: asyncio.Task[None] | None = None
         try:
-            nc = await connect(s.nats_url, "logmesh-sink", stopping=stopping)
+            nc = await connect(s.nats_url, "logmesh-sink", io=s.nats_io, stopping=stopping)
             js = nc.jetstream()
             info = await wait_for_stream(js, s)
             assert info.created is not None
