@@ -230,6 +230,10 @@ async def ensure_consumer(
     try:
         return await js.add_consumer(stream, config)
     except BadRequestError as exc:
+        try:
+            await js.consumer_info(stream, name)
+        except NotFoundError:
+            raise exc from None  # no consumer in the way: creating one is refused (a limit, ...)
         log.warning("consumer %s cannot be updated (%s); replacing it", name, exc.description)
         await js.delete_consumer(stream, name)
         return await js.add_consumer(stream, config)

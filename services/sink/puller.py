@@ -4,6 +4,10 @@ nats-py's ``fetch()`` awaits every message through ``next_msg`` and tops out nea
 Here each message's raw parts go to a function that appends them to a buffer (on the fast NATS path
 straight from the read loop, see ``natsio``). One pull request is outstanding at a time; the next is
 sent as soon as the buffer has room, so messages keep arriving while the previous batch commits.
+
+A consumer deleted through the JetStream API ends the open request with ``409 Consumer Deleted``;
+a request sent to a consumer that does not exist gets ``503`` (no responders). Either stops the
+pulling until the consumer is declared again (``resume``).
 """
 
 from __future__ import annotations
@@ -62,15 +66,23 @@ class Puller:
         self._open_deadline = 0.0
         self._sub: Subscription | None = None
         self._pulling = False
+        # Why the consumer looks gone (the status that ended a pull request), until ``resume``.
+        self.consumer_gone: str | None = None
 
     async def start(self) -> None:
         self._sub = await self._io.subscribe_raw(self._inbox + ".*", self._on_message)
         self._pulling = True
         await self._request()
 
+    async def resume(self) -> None:
+        """Pulls again, once the consumer is declared again."""
+        self.consumer_gone = None
+        self._open_reply = None
+        await self._request()
+
     async def _request(self) -> None:
         """Sends a pull request unless one is still open or the buffer is full."""
-        if not self._pulling or not self._nc.is_connected:
+        if not self._pulling or self.consumer_gone is not None or not self._nc.is_connected:
             return
         if self._open_reply is not None and time.monotonic() < self._open_deadline:
             return
@@ -93,6 +105,9 @@ class Puller:
             # stream message always carries its $JS.ACK reply subject, even if a publisher gave it a
             # header called Status.
             if subject == self._open_reply and headers is not None and b" 100" not in headers[:16]:
+                gone = _consumer_gone(headers)
+                if gone is not None:
+                    self.consumer_gone = gone
                 self._end_request()
             return
         if not self._buffer:
@@ -187,3 +202,12 @@ class Puller:
             await self._io.publish_many(messages)
         except (nats.errors.Error, OSError) as exc:
             log.warning("acks not sent (%s); JetStream will redeliver", exc or type(exc).__name__)
+
+
+def _consumer_gone(status: bytes) -> str | None:
+    """The status line of a pull request's end if it says the consumer is gone: ``409 Consumer
+    Deleted`` (deleted while the request was open) or ``503`` (no consumer answers the subject)."""
+    line = status.split(b"\r\n", 1)[0][len(b"NATS/1.0 ") :]
+    if line.startswith(b"503") or line.startswith(b"409 Consumer Deleted"):
+        return line.decode("utf-8", "replace")
+    return None
