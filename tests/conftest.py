@@ -6,10 +6,21 @@ from pathlib import Path
 
 import pytest
 
+from logmesh.common.natsio import NatsIo
 from tests.harness import NatsServer, Service, Up
 
 # Every sink a test starts serves its metrics on a port of its own.
 os.environ.setdefault("LOGMESH_METRICS_PORT", "0")
+
+
+@pytest.fixture(params=["fast", "plain"])
+def nats_io(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> NatsIo:
+    """Runs the test once per NATS path: every process it starts (the harness passes the environment
+    on) and every client it makes with ``connect(..., io=nats_io)`` uses that path. Request it before
+    the fixtures that start processes, or through ``pytest.mark.usefixtures``, which comes first."""
+    monkeypatch.setenv("LOGMESH_NATS_IO", request.param)
+    value: NatsIo = request.param
+    return value
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from tests.harness import Up, event, wait_for
 pytestmark = pytest.mark.timeout(90)
 
 
+@pytest.mark.usefixtures("nats_io")
 def test_the_window_drops_a_repeat_and_counts_it(up: Up) -> None:
     first = up.publish(event("orders", "w-1"))
     second = up.publish(event("orders", "w-1"))
@@ -50,6 +51,7 @@ def test_the_store_drops_a_repeat_sent_after_the_window(make_up: Any) -> None:
     assert up.http.get("/events", params={"topic": "orders"}).json()["count"] == 1
 
 
+@pytest.mark.usefixtures("nats_io")
 def test_ten_concurrent_publishers_of_one_event_store_one_row(up: Up) -> None:
     barrier = threading.Barrier(10)
     answers: list[dict[str, Any]] = []
@@ -74,6 +76,7 @@ def test_ten_concurrent_publishers_of_one_event_store_one_row(up: Up) -> None:
     assert up.http.get("/events", params={"topic": "race"}).json()["count"] == 1
 
 
+@pytest.mark.usefixtures("nats_io")
 def test_duplicates_inside_one_batch(up: Up) -> None:
     batch = [event("b", "1"), event("b", "2"), event("b", "1"), event("b", "1")]
     assert up.publish(batch).json() == {"accepted": 4, "duplicates": 2, "stored": 2}

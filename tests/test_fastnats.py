@@ -1,15 +1,24 @@
-"""The bulk NATS paths: the wire parser against any split of its input, and raw and ordinary
-subscriptions side by side on a real nats-server."""
+"""The hot NATS paths: the fast wire parser against any split of its input and the nats-py
+internals it relies on; raw subscriptions and bulk publishes on both paths, on a real nats-server."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any
 
+import nats.protocol.parser as nats_parser
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nats.aio.client import Client
+from nats.protocol.parser import Parser
 
-from logmesh.common.fastnats import FastClient, hpub, pub, pub_each
+from logmesh.common import fastnats
+from logmesh.common.fastnats import FastClient, check_internals, hpub, pub, pub_each
+from logmesh.common.jetstream import close, connect
+from logmesh.common.natsio import NatsIo, wire_io
 from tests.harness import NatsServer
 
 RAW_SID = 7
@@ -99,3 +108,122 @@ def test_pub_each_writes_one_pub_per_subject() -> None:
     subjects = [b"$JS.ACK.LOGS.sink.1.2.3.4.0", b"$JS.ACK.LOGS.sink.1.3.4.4.0", b"x"]
     assert pub_each(subjects, b"+ACK") == b"".join(pub(s, b"+ACK") for s in subjects)
     assert pub_each([], b"+ACK") == b""
+
+
+def test_raw_subscriptions_see_the_wire_as_it_was_published(nats_server: NatsServer, nats_io: NatsIo) -> None:
+    """The plain path rebuilds each header block from nats-py's parsed headers: it must come out as the
+    publisher wrote it (the sink's SQL decoder compares whole blocks), statuses included."""
+    header = b"NATS/1.0\r\nNats-Msg-Id: orders:e-1\r\nLogmesh-Source: edge 7\r\n\r\n"
+    big = b"x" * 200_000  # spans many reads
+
+    async def run() -> list[Delivered]:
+        nc = await connect(nats_server.url, "test", io=nats_io)
+        io = wire_io(nc)
+        got: list[Delivered] = []
+        done = asyncio.Event()
+
+        def on_message(s: bytes, r: bytes, h: bytes | None, p: bytes) -> None:
+            got.append((s, r, h, p))
+            if len(got) == 7:
+                done.set()
+
+        await io.subscribe_raw("raw.>", on_message)
+        await io.publish_many(
+            [
+                io.hpub(b"raw.1", header, b"{}", b"reply.1"),
+                io.pub(b"raw.2", big),
+                io.pub_each([b"raw.3", b"raw.4"], b"+ACK"),
+                io.hpub(b"raw.5", b"NATS/1.0\r\nStatus: 7\r\n\r\n", b"", b"reply.5"),
+                # Nothing listens on nobody.here: the server answers the reply subject with a status.
+                io.pub(b"nobody.here", b"?", b"raw.6"),
+                io.hpub(b"nobody.here", header, b"?", b"raw.7"),
+            ]
+        )
+        await asyncio.wait_for(done.wait(), 10)
+        await close(nc)
+        return got
+
+    got = asyncio.run(run())
+    no_responders = b"NATS/1.0 503\r\nNats-Subject: nobody.here\r\n\r\n"
+    assert sorted(got) == [
+        (b"raw.1", b"reply.1", header, b"{}"),
+        (b"raw.2", b"", None, big),
+        (b"raw.3", b"", None, b"+ACK"),
+        (b"raw.4", b"", None, b"+ACK"),
+        (b"raw.5", b"reply.5", b"NATS/1.0\r\nStatus: 7\r\n\r\n", b""),
+        (b"raw.6", b"", no_responders, b""),
+        (b"raw.7", b"", no_responders, b""),
+    ]
+
+
+def test_publish_many_refuses_while_the_connection_is_closed(nats_server: NatsServer, nats_io: NatsIo) -> None:
+    async def run() -> None:
+        nc = await connect(nats_server.url, "test", io=nats_io)
+        io = wire_io(nc)
+        await nc.close()
+        with pytest.raises(Exception, match="nats: connection closed"):
+            await io.publish_many([io.pub(b"a", b"b")])
+
+    asyncio.run(run())
+
+
+def test_the_plain_path_does_not_load_the_fast_one(nats_server: NatsServer) -> None:
+    """So that it keeps working when an upgrade of nats-py breaks the internals the fast path needs."""
+    script = (
+        "import asyncio, sys\n"
+        "from logmesh.common.jetstream import connect, close\n"
+        "from logmesh.common.publisher import AckedPublisher\n"
+        "import logmesh.ingest.app, logmesh.query.app, logmesh.sink.service, logmesh.cli.workload\n"
+        "async def main():\n"
+        f"    nc = await connect({nats_server.url!r}, 'test', io='plain')\n"
+        "    await AckedPublisher(nc).start()\n"
+        "    await close(nc)\n"
+        "asyncio.run(main())\n"
+        "assert 'logmesh.common.fastnats' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+
+
+def test_the_internals_the_fast_path_relies_on_are_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastnats, "_verified", False)
+    check_internals()
+    FastClient()
+
+
+async def _other_process_msg(self: Client, sid: int, subject: bytes, reply: bytes, payload: bytes) -> None:
+    """A _process_msg whose parameters changed."""
+
+
+async def _read_elsewhere(self: Client) -> None:
+    """A read loop that feeds another parser."""
+
+
+async def _split_parse(self: Parser, data: bytes = b"") -> None:
+    """A parser that forgot how to keep a half-read message."""
+    self.buf.clear()
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "replacement", "named"),
+    [
+        (Client, "_process_msg", _other_process_msg, "Client._process_msg takes"),
+        (Client, "_flush_pending", None, "Client._flush_pending is gone"),
+        (Client, "_send_command", None, "Client._send_command is gone"),
+        (Client, "publish_many", lambda self: None, "nats-py now has Client.publish_many"),
+        (Parser, "parse", _split_parse, "nats-py's parser keeps a half-read message as"),
+        (Client, "_read_loop", _read_elsewhere, "Client._read_loop no longer feeds self._ps.parse"),
+        (nats_parser, "AWAITING_MSG_PAYLOAD", 3, "AWAITING_MSG_PAYLOAD is not 2"),
+    ],
+)
+def test_a_changed_internal_fails_loudly_and_names_what_changed(
+    monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, replacement: Any, named: str
+) -> None:
+    # Stands for an upgrade of nats-py that changed what the fast path hooks into.
+    monkeypatch.setattr(fastnats, "_verified", False)
+    if replacement is None:
+        monkeypatch.delattr(owner, name)
+    else:
+        monkeypatch.setattr(owner, name, replacement, raising=False)
+    with pytest.raises(RuntimeError, match="LOGMESH_NATS_IO=plain") as failure:
+        FastClient()
+    assert named in str(failure.value)

@@ -18,6 +18,7 @@ def events_of(up: Up, topic: str) -> list[dict[str, Any]]:
     return page
 
 
+@pytest.mark.usefixtures("nats_io")
 def test_a_core_publish_with_a_header_is_stored_and_the_window_drops_its_repeat(up: Up) -> None:
     body = orjson.dumps({"event_id": "e1", "timestamp": "2026-11-22T10:00:00Z", "source": "cli", "payload": {}})
     # Exactly what `nats pub logs.payments '<json>' -H Nats-Msg-Id:payments:e1` sends, twice.
@@ -30,6 +31,7 @@ def test_a_core_publish_with_a_header_is_stored_and_the_window_drops_its_repeat(
     assert (stored["event_id"], stored["source"]) == ("e1", "cli")
 
 
+@pytest.mark.usefixtures("nats_io")
 def test_a_json_body_takes_what_it_lacks_from_the_message(up: Up) -> None:
     nats_publish(
         up.nats_url,
@@ -85,6 +87,7 @@ POISON = [
 ]
 
 
+@pytest.mark.usefixtures("nats_io")
 def test_poison_messages_are_dead_lettered_and_the_stream_keeps_flowing(up: Up) -> None:
     nats_publish(up.nats_url, [(s, d, h) for s, d, h, _ in POISON])
     after = orjson.dumps(event("bad", "good-one"))

@@ -21,6 +21,7 @@ from logmesh.cli.stack import Stack, UpSettings
 from logmesh.cli.workload import Rejected, SendReport, make_workload, send_http, send_nats
 from logmesh.common.claims import Refused
 from logmesh.common.logs import setup_logging
+from logmesh.common.natsio import NatsIo
 from logmesh.common.settings import (
     CommonSettings,
     DataDirPath,
@@ -74,6 +75,7 @@ class WorkloadSettings(CommonSettings):
 class PublishSettings(WorkloadSettings):
     url: str | None = Field(None, description="publish over HTTP to this ingest URL")
     nats_url: str | None = Field(None, description="publish straight into JetStream at this NATS URL")
+    nats_io: NatsIo = Field("fast", description="NATS publishing path: 'fast' or 'plain'")
 
     @model_validator(mode="after")
     def _one_target(self) -> PublishSettings:
@@ -99,7 +101,7 @@ def publish_command(args: argparse.Namespace) -> int:
                 report = await send_http(settings.url, batches, settings.clients)
             else:
                 assert settings.nats_url is not None
-                report = await send_nats(settings.nats_url, batches, settings.clients)
+                report = await send_nats(settings.nats_url, batches, settings.clients, nats_io=settings.nats_io)
         except Rejected as exc:
             print(f"logmesh publish: the server refused a batch: {exc}", file=sys.stderr)
             return 1

@@ -17,6 +17,7 @@ from logmesh.cli.runner import start_server, stop_server
 from logmesh.common.claims import DirLock, listen_socket, lock_data_dir
 from logmesh.common.embedded import EmbeddedNats, nats_answers
 from logmesh.common.http import Component, EmbeddedServer, bound_port, build_app
+from logmesh.common.natsio import NatsIo
 from logmesh.common.processes import python_command, spawn, stop_process
 from logmesh.common.settings import (
     CommonSettings,
@@ -37,6 +38,7 @@ log = logging.getLogger("logmesh")
 
 class UpSettings(CommonSettings, DataDir, HttpListen, EmbeddedNatsPort, SinkMetricsPort):
     nats_url: str | None = Field(None, description="use this NATS server instead of starting one")
+    nats_io: NatsIo = Field("fast", description="hot NATS paths of the sink and ingest: 'fast' or 'plain'")
 
 
 def _components(ingest_settings: IngestSettings, query_settings: QuerySettings) -> tuple[list[Component], Starlette]:
@@ -75,6 +77,7 @@ class Stack:
             "metrics_port": self.settings.metrics_port,
             "log_level": self.sink_log_level,
             "nats_url": self.nats_url,
+            "nats_io": self.settings.nats_io,
             "data_dir": self.settings.data_dir,
         }
         args = ["sink"]
@@ -94,7 +97,13 @@ class Stack:
             self.nats_url = self.nats.url
         self._start_sink()
         self._supervisor = asyncio.create_task(self._supervise_sink())
-        http = {"nats_url": self.nats_url, "host": s.host, "http_port": s.http_port, **self._common()}
+        http = {
+            "nats_url": self.nats_url,
+            "nats_io": s.nats_io,
+            "host": s.host,
+            "http_port": s.http_port,
+            **self._common(),
+        }
         self._parts, app = _components(IngestSettings(**http), QuerySettings(**http))
         self._server, self._serving = await start_server(app, self._listener)
         self.http_url = f"http://{s.host}:{bound_port(self._server)}"

@@ -13,13 +13,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import nats
 import orjson
 from nats.js.errors import NotFoundError
 from tqdm import tqdm
 
 from logmesh.common.jetstream import close, connect, log_subject
 from logmesh.common.model import msg_id
-from logmesh.common.publisher import AckedPublisher, Outgoing, Prepared, duplicates_by_topic, receipt_message
+from logmesh.common.natsio import NatsIo
+from logmesh.common.publisher import AckedPublisher, Outgoing, Prepared
 
 LEVELS = ("debug", "info", "info", "info", "warning", "error")
 
@@ -120,16 +122,21 @@ async def send_http(
 
 
 async def send_nats(
-    nats_url: str, batches: Sequence[Sequence[dict[str, Any]]], clients: int, *, show_progress: bool = True
+    nats_url: str,
+    batches: Sequence[Sequence[dict[str, Any]]],
+    clients: int,
+    *,
+    show_progress: bool = True,
+    nats_io: NatsIo = "fast",
 ) -> SendReport:
-    """Publishes with JetStream acks (and a receipt for the duplicates, as ingest does)."""
+    """Publishes with JetStream acks, and a receipt for the duplicates, as ingest does."""
     report = SendReport()
     batches_out = [
         [Outgoing(log_subject(e["topic"]), orjson.dumps(e), msg_id(e["topic"], e["event_id"])) for e in batch]
         for batch in batches
     ]
     topics = [[e["topic"] for e in batch] for batch in batches]
-    nc = await connect(nats_url, "logmesh-publish")
+    nc = await connect(nats_url, "logmesh-publish", io=nats_io)
     try:
         await nc.jetstream().find_stream_name_by_subject(log_subject("any"))
     except NotFoundError:
@@ -152,20 +159,19 @@ async def send_nats(
             while True:
                 ready = prepared[i] or publisher.prepare(batches_out[i])
                 prepared[i] = None
-                result = await publisher.send(ready, timeout=10)
-                duplicates = duplicates_by_topic(topics[i], result)
-                while duplicates:
-                    receipt = await publisher.publish([receipt_message(duplicates)], timeout=10)
-                    if receipt.complete:
-                        break
-                    await asyncio.sleep(delay)
-                if result.complete:
+                try:
+                    outcome = await publisher.publish_counted(ready, topics[i], timeout=10)
+                except (nats.errors.Error, OSError) as exc:  # the connection is down: retry when it is back
+                    problem: str | None = f"publishing failed: {exc or type(exc).__name__}"
+                else:
+                    problem = outcome.problem(10)
+                if problem is None:
                     report.accepted += len(batches_out[i])
-                    report.duplicates += result.duplicates
+                    report.duplicates += outcome.batch.duplicates
                     progress.update(len(batches_out[i]))
                     break
                 # Resend the whole batch with the same ids: what was stored comes back as duplicates.
-                report.errors.append(result.first_error() or "acknowledgements timed out")
+                report.errors.append(problem)
                 report.retries += 1
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

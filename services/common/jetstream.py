@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Literal, overload
 
 import nats
 from nats.aio.client import Client
@@ -22,8 +23,11 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
-from logmesh.common.fastnats import FastClient
+from logmesh.common.natsio import NatsIo
 from logmesh.common.settings import CommonSettings
+
+if TYPE_CHECKING:
+    from logmesh.common.fastnats import FastClient
 
 log = logging.getLogger("logmesh.nats")
 
@@ -46,10 +50,22 @@ class StoppedWaiting(ConnectionError):
     """A stop was requested before NATS answered."""
 
 
-async def connect(url: str, name: str, *, stopping: asyncio.Event | None = None) -> FastClient:
+@overload
+async def connect(
+    url: str, name: str, *, io: Literal["fast"] = "fast", stopping: asyncio.Event | None = None
+) -> FastClient: ...
+
+
+@overload
+async def connect(url: str, name: str, *, io: NatsIo, stopping: asyncio.Event | None = None) -> Client: ...
+
+
+async def connect(url: str, name: str, *, io: NatsIo = "fast", stopping: asyncio.Event | None = None) -> Client:
     """Connects, retrying until the server answers, so services may start in any order; gives up with
     ``StoppedWaiting`` as soon as ``stopping`` is set. Once connected, the client reconnects by itself
-    for ever."""
+    for ever. ``io`` picks the hot paths' implementation (see ``natsio``): the fast client, or an
+    ordinary nats-py one."""
+    make_client = _client_class(io)
     delay = 0.1
     warned = False
     connected = False
@@ -63,7 +79,7 @@ async def connect(url: str, name: str, *, stopping: asyncio.Event | None = None)
             warned = True
 
     while True:
-        nc = FastClient()
+        nc = make_client()
 
         async def on_disconnect(nc: Client = nc) -> None:
             if not (nc.is_closed or nc.is_draining):
@@ -95,11 +111,21 @@ async def connect(url: str, name: str, *, stopping: asyncio.Event | None = None)
         else:
             if not abandoned:
                 connected = True
+                log.info("%s connected to %s (%s NATS path)", name, url, io)
                 return nc
         if stopping is not None and stopping.is_set():
             raise StoppedWaiting(f"stopped while waiting for NATS at {url}")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
+
+
+def _client_class(io: NatsIo) -> type[Client]:
+    if io == "plain":
+        return Client
+    # Imported only for the fast path: it checks nats-py's internals, which the plain path does not need.
+    from logmesh.common.fastnats import FastClient
+
+    return FastClient
 
 
 async def _unless_stopping(connecting: Awaitable[None], stopping: asyncio.Event | None, nc: Client) -> bool:
@@ -145,9 +171,16 @@ class NatsLink:
     """A connection made in the background, so that an HTTP service starts at once and answers 503
     until NATS is reachable; ``on_connect`` finishes the setup (declare the stream, ...)."""
 
-    def __init__(self, url: str, name: str, on_connect: Callable[[FastClient], Awaitable[None]] | None = None) -> None:
-        self.url, self.name = url, name
-        self.nc: FastClient | None = None
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        on_connect: Callable[[Client], Awaitable[None]] | None = None,
+        *,
+        io: NatsIo = "fast",
+    ) -> None:
+        self.url, self.name, self.io = url, name, io
+        self.nc: Client | None = None
         self._on_connect = on_connect
         self._connecting: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -156,13 +189,12 @@ class NatsLink:
         self._connecting = asyncio.create_task(self._connect())
 
     async def _connect(self) -> None:
-        nc = await connect(self.url, self.name, stopping=self._stopping)
+        nc = await connect(self.url, self.name, io=self.io, stopping=self._stopping)
         if self._on_connect is not None:
             await self._on_connect(nc)
         self.nc = nc
-        log.info("%s connected to %s", self.name, self.url)
 
-    def client(self) -> FastClient | None:
+    def client(self) -> Client | None:
         """The connection, while it is up."""
         return self.nc if self.nc is not None and self.nc.is_connected else None
 
@@ -239,6 +271,10 @@ async def ensure_consumer(
     try:
         return await js.add_consumer(stream, config)
     except BadRequestError as exc:
+        try:
+            await js.consumer_info(stream, name)
+        except NotFoundError:
+            raise exc from None  # no consumer in the way: creating one is refused (a limit, ...)
         log.warning("consumer %s cannot be updated (%s); replacing it", name, exc.description)
         await js.delete_consumer(stream, name)
         return await js.add_consumer(stream, config)

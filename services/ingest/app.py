@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import Any
 
+from nats.aio.client import Client
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
@@ -18,12 +19,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from logmesh.common.failpoints import Failpoints
-from logmesh.common.fastnats import FastClient
 from logmesh.common.http import ApiError, FastJSONResponse, build_app
 from logmesh.common.jetstream import NatsLink, log_subject, wait_for_stream
 from logmesh.common.model import EVENT_ADAPTER, Event
 from logmesh.common.openapi import json_content, model_schema, responses
-from logmesh.common.publisher import AckedPublisher, Outgoing, duplicates_by_topic, receipt_message
+from logmesh.common.publisher import AckedPublisher, Outgoing
 from logmesh.ingest.body import check_content_type, parse_events, read_body
 from logmesh.ingest.settings import IngestSettings
 
@@ -70,10 +70,10 @@ class Ingest:
             registry=registry,
         )
         self.publisher: AckedPublisher | None = None
-        self.link = NatsLink(settings.nats_url, "logmesh-ingest", self._declare)
+        self.link = NatsLink(settings.nats_url, "logmesh-ingest", self._declare, io=settings.nats_io)
         self._failpoints = Failpoints(settings.failpoints)
 
-    async def _declare(self, nc: FastClient) -> None:
+    async def _declare(self, nc: Client) -> None:
         await wait_for_stream(nc.jetstream(), self.settings)
         self.publisher = AckedPublisher(nc)
         await self.publisher.start()
@@ -84,7 +84,7 @@ class Ingest:
     async def stop(self) -> None:
         await self.link.stop()
 
-    def _ready_publisher(self) -> tuple[FastClient, AckedPublisher]:
+    def _ready_publisher(self) -> tuple[Client, AckedPublisher]:
         nc = self.link.client()
         if nc is None or self.publisher is None:
             raise ApiError(503, "unavailable", "JetStream is not reachable; retry later", headers=RETRY_AFTER)
@@ -106,21 +106,15 @@ class Ingest:
         if too_big:
             raise ApiError(422, "validation_error", "event(s) too large; nothing was published", details=too_big)
         try:
-            result = await publisher.publish(outgoing, s.publish_timeout)
+            outcome = await publisher.publish_counted(
+                publisher.prepare(outgoing), [e.topic for e in events], s.publish_timeout
+            )
         except Exception as exc:  # connection lost mid-batch, outbound buffer full, ...
             raise ApiError(503, "unavailable", f"publishing failed: {exc}", headers=RETRY_AFTER) from exc
-        duplicates = duplicates_by_topic([e.topic for e in events], result)
-        if duplicates:
-            await self._send_receipt(publisher, duplicates)
-        if not result.complete:
-            missing = sum(1 for r in result.results if r is None)
-            reason = result.first_error() or f"{missing} acknowledgement(s) did not arrive in {s.publish_timeout:g} s"
-            raise ApiError(
-                503,
-                "unavailable",
-                f"JetStream did not store every event ({reason}); retrying is safe",
-                headers=RETRY_AFTER,
-            )
+        problem = outcome.problem(s.publish_timeout)
+        if problem is not None:
+            raise ApiError(503, "unavailable", f"{problem}; retrying is safe", headers=RETRY_AFTER)
+        result = outcome.batch
         self._events.labels("stored").inc(len(events) - result.duplicates)
         self._events.labels("duplicate").inc(result.duplicates)
         self._failpoints.hit("ingest.after_publish")
@@ -128,13 +122,6 @@ class Ingest:
             {"accepted": len(events), "duplicates": result.duplicates, "stored": len(events) - result.duplicates},
             status_code=202,
         )
-
-    async def _send_receipt(self, publisher: AckedPublisher, duplicates: Any) -> None:
-        receipt = await publisher.publish([receipt_message(duplicates)], self.settings.publish_timeout)
-        if not receipt.complete:
-            raise ApiError(
-                503, "unavailable", "the duplicate receipt was not stored; retrying is safe", headers=RETRY_AFTER
-            )
 
     def routes(self) -> list[Route]:
         return [Route("/publish", self.publish, methods=["POST"])]

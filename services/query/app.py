@@ -94,7 +94,7 @@ class Query:
     def __init__(self, settings: QuerySettings) -> None:
         self.settings = settings
         self.started = time.time()
-        self.link = NatsLink(settings.nats_url, "logmesh-query")
+        self.link = NatsLink(settings.nats_url, "logmesh-query", io=settings.nats_io)
         self.view = StatsView(self.ask_sink, self.link.client, settings.stream, settings.consumer)
         self.history = RateRecorder(self.view.summary)
 

@@ -1,9 +1,13 @@
 """Reads a durable pull consumer with pull requests answered into one raw subscription.
 
 nats-py's ``fetch()`` awaits every message through ``next_msg`` and tops out near 27,000 msg/s here.
-Here the read loop hands each message's raw parts to a function that appends them to a buffer (see
-``fastnats``). One pull request is outstanding at a time; the next is sent as soon as the buffer has
-room, so messages keep arriving while the previous batch commits.
+Here each message's raw parts go to a function that appends them to a buffer (on the fast NATS path
+straight from the read loop, see ``natsio``). One pull request is outstanding at a time; the next is
+sent as soon as the buffer has room, so messages keep arriving while the previous batch commits.
+
+A consumer deleted through the JetStream API ends the open request with ``409 Consumer Deleted``;
+a request sent to a consumer that does not exist gets ``503`` (no responders). Either stops the
+pulling until the consumer is declared again (``resume``).
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 import nats
 import orjson
+from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
-from logmesh.common.fastnats import FastClient, pub, pub_each
+from logmesh.common.natsio import wire_io
 from logmesh.common.wire import WireMsg
 
 log = logging.getLogger("logmesh.sink")
@@ -31,7 +37,7 @@ IN_PROGRESS = b"+WPI"
 class Puller:
     def __init__(
         self,
-        nc: FastClient,
+        nc: Client,
         stream: str,
         consumer: str,
         *,
@@ -41,6 +47,7 @@ class Puller:
         max_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self._nc = nc
+        self._io = wire_io(nc)
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._batch = batch
         self._max_buffered = max(max_buffered, batch)
@@ -59,15 +66,23 @@ class Puller:
         self._open_deadline = 0.0
         self._sub: Subscription | None = None
         self._pulling = False
+        # Why the consumer looks gone (the status that ended a pull request), until ``resume``.
+        self.consumer_gone: str | None = None
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe_raw(self._inbox + ".*", self._on_message)
+        self._sub = await self._io.subscribe_raw(self._inbox + ".*", self._on_message)
         self._pulling = True
+        await self._request()
+
+    async def resume(self) -> None:
+        """Pulls again, once the consumer is declared again."""
+        self.consumer_gone = None
+        self._open_reply = None
         await self._request()
 
     async def _request(self) -> None:
         """Sends a pull request unless one is still open or the buffer is full."""
-        if not self._pulling or not self._nc.is_connected:
+        if not self._pulling or self.consumer_gone is not None or not self._nc.is_connected:
             return
         if self._open_reply is not None and time.monotonic() < self._open_deadline:
             return
@@ -90,6 +105,9 @@ class Puller:
             # stream message always carries its $JS.ACK reply subject, even if a publisher gave it a
             # header called Status.
             if subject == self._open_reply and headers is not None and b" 100" not in headers[:16]:
+                gone = _consumer_gone(headers)
+                if gone is not None:
+                    self.consumer_gone = gone
                 self._end_request()
             return
         if not self._buffer:
@@ -170,16 +188,26 @@ class Puller:
         """Acks every message, except those at the positions in ``terminate``, which are terminated with
         their reason: all in one write. Without a connection the acks are lost, which is safe: JetStream
         redelivers the messages and the sink recognises them as committed."""
-        terms = [pub(msgs[i][1], b"+TERM " + reason[:200].encode()) for i, reason in terminate.items()]
+        io = self._io
+        terms = [io.pub(msgs[i][1], b"+TERM " + reason[:200].encode()) for i, reason in terminate.items()]
         acks = [m[1] for i, m in enumerate(msgs) if i not in terminate] if terminate else [m[1] for m in msgs]
-        await self._send([*terms, pub_each(acks, ACK)])
+        await self._send([*terms, io.pub_each(acks, ACK)])
 
     async def in_progress(self, msgs: Iterable[WireMsg]) -> None:
         """Resets ``ack_wait`` for messages still being worked on, so JetStream does not redeliver them."""
-        await self._send([pub_each([m[1] for m in msgs], IN_PROGRESS)])
+        await self._send([self._io.pub_each([m[1] for m in msgs], IN_PROGRESS)])
 
-    async def _send(self, commands: Iterable[bytes]) -> None:
+    async def _send(self, messages: Iterable[Any]) -> None:
         try:
-            await self._nc.publish_many(commands)
+            await self._io.publish_many(messages)
         except (nats.errors.Error, OSError) as exc:
             log.warning("acks not sent (%s); JetStream will redeliver", exc or type(exc).__name__)
+
+
+def _consumer_gone(status: bytes) -> str | None:
+    """The status line of a pull request's end if it says the consumer is gone: ``409 Consumer
+    Deleted`` (deleted while the request was open) or ``503`` (no consumer answers the subject)."""
+    line = status.split(b"\r\n", 1)[0][len(b"NATS/1.0 ") :]
+    if line.startswith(b"503") or line.startswith(b"409 Consumer Deleted"):
+        return line.decode("utf-8", "replace")
+    return None

@@ -16,11 +16,11 @@ import time
 from typing import Any
 
 import nats
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from logmesh import __version__
 from logmesh.common.failpoints import POISON_MARKER, Failpoints
-from logmesh.common.fastnats import FastClient
 from logmesh.common.jetstream import close, connect, ensure_consumer, wait_for_stream
 from logmesh.common.query_contract import DeadLettersQuery, EventQuery, EventsQuery
 from logmesh.common.wire import Delivery, WireMsg, delivery_count
@@ -59,18 +59,18 @@ class Sink:
         s = self.settings
         await self.writer.open()
         self._journal.load()
-        nc: FastClient | None = None
+        nc: Client | None = None
         service = None
         waker: asyncio.Task[None] | None = None
         keeper: asyncio.Task[None] | None = None
         lag: asyncio.Task[None] | None = None
         try:
-            nc = await connect(s.nats_url, "logmesh-sink", stopping=stopping)
+            nc = await connect(s.nats_url, "logmesh-sink", io=s.nats_io, stopping=stopping)
             js = nc.jetstream()
             info = await wait_for_stream(js, s)
             assert info.created is not None
             await self.writer.use_stream(info.created)
-            await ensure_consumer(js, s.stream, s.consumer, ack_wait=s.ack_wait, max_ack_pending=s.max_ack_pending)
+            await self._declare_consumer(js)
             service, _ = await start_query_service(nc, self, __version__)
             self._puller = puller = Puller(nc, s.stream, s.consumer, batch=s.batch_size, max_buffered=2 * s.batch_size)
             await puller.start()
@@ -88,6 +88,9 @@ class Sink:
                 metrics_at,
             )
             while not stopping.is_set():
+                if puller.consumer_gone is not None:
+                    await self._recreate_consumer(js, puller, stopping)
+                    continue
                 msgs = await puller.take(s.batch_size, wait=0.5, linger=s.linger)
                 if msgs:
                     await self._handle(msgs, stopping)
@@ -106,6 +109,34 @@ class Sink:
                 await close(nc)
             await self.writer.close()
             log.info("sink stopped")
+
+    async def _declare_consumer(self, js: JetStreamContext) -> None:
+        s = self.settings
+        await ensure_consumer(js, s.stream, s.consumer, ack_wait=s.ack_wait, max_ack_pending=s.max_ack_pending)
+
+    async def _recreate_consumer(self, js: JetStreamContext, puller: Puller, stopping: asyncio.Event) -> None:
+        """The durable consumer is gone (deleted through the JetStream API): nothing reaches the sink
+        until it exists again, so the sink is not ready meanwhile. The new consumer delivers the stream
+        from the start; what is already committed is recognised by its sequence and only acked."""
+        s = self.settings
+        self.ready = False
+        self.last_error = f"consumer {s.consumer} of stream {s.stream} is gone ({puller.consumer_gone}); recreating it"
+        log.warning("%s", self.last_error)
+        delay = 0.1
+        while not stopping.is_set():
+            try:
+                await self._declare_consumer(js)
+            except (nats.errors.Error, TimeoutError) as exc:
+                self.last_error = f"consumer {s.consumer} of stream {s.stream} cannot be recreated: {exc}"
+                log.warning("%s; retrying in %.1f s", self.last_error, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            log.info("consumer %s of stream %s recreated", s.consumer, s.stream)
+            self.ready, self.last_error = True, None
+            await puller.resume()
+            return
 
     async def _handle(self, msgs: list[WireMsg], stopping: asyncio.Event) -> None:
         """Commits a batch. A message delivered more than ``poison_after`` times may be what keeps
