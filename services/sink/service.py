@@ -23,11 +23,11 @@ from logmesh.common.failpoints import POISON_MARKER, Failpoints
 from logmesh.common.fastnats import FastClient
 from logmesh.common.jetstream import close, connect, ensure_consumer, wait_for_stream
 from logmesh.common.wire import Delivery, WireMsg, delivery_count
+from logmesh.sink.crash_journal import CrashJournal
 from logmesh.sink.endpoints import DeadLettersQuery, EventQuery, EventsQuery, start_query_service
 from logmesh.sink.metrics import SinkMetrics
 from logmesh.sink.puller import Puller
 from logmesh.sink.settings import SinkSettings
-from logmesh.sink.suspects import CrashJournal
 from logmesh.sink.writer import Writer
 
 log = logging.getLogger("logmesh.sink")
@@ -108,7 +108,7 @@ class Sink:
     async def _handle(self, msgs: list[WireMsg], stopping: asyncio.Event) -> None:
         """Commits a batch. A message delivered more than ``poison_after`` times may be what keeps
         stopping the sink: such messages are committed one by one, under the crash journal
-        (suspects.py), so that the one to blame is set aside and the others are not held back."""
+        (crash_journal.py), so that the one to blame is set aside and the others are not held back."""
         limit = self.settings.poison_after
         counts = [delivery_count(m[1]) for m in msgs]
         if max(counts) <= limit:
@@ -124,7 +124,8 @@ class Sink:
             crashes = self._journal.convicted(seq)
             if crashes is not None:
                 reason = f"the sink stopped {crashes} times while processing it alone (delivery {n})"
-                await self._process([msg], stopping, refuse=reason)
+                if await self._process([msg], stopping, refuse=reason):
+                    self._journal.end()  # settled: its note goes with it
                 continue
             self._journal.begin(seq)
             await self._process([msg], stopping)
