@@ -51,7 +51,9 @@ class Sink:
         self._puller: Puller | None = None
         self._in_flight: list[WireMsg] = []
         self._journal = CrashJournal(settings.data_dir / "suspect.json")
-        self.metrics = SinkMetrics(self)
+        self.metrics = SinkMetrics(
+            counters=lambda: self.writer.counters, ready=lambda: self.ready, buffered=lambda: self.buffered
+        )
 
     async def run(self, stopping: asyncio.Event) -> None:
         s = self.settings
