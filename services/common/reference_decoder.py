@@ -1,4 +1,7 @@
-"""Turns stream messages into rows to store, dead letters, or window-duplicate receipts.
+"""The reference decoder: one stream message in, the row to store or the reason it cannot be stored.
+
+The sink's SQL batch decoder accepts a subset of what this accepts and leaves everything else here;
+``logmesh tail`` shows messages as this decodes them.
 
 Rules for messages that did not come through ingest (any NATS client, e.g. ``nats pub``):
 - the topic is the subject less ``logs.``; a JSON body whose ``topic`` disagrees is invalid;
@@ -8,23 +11,32 @@ Rules for messages that did not come through ingest (any NATS client, e.g. ``nat
 - any other UTF-8 body is a plain log line stored as ``{"message": <text>}``, its id the
   ``Nats-Msg-Id`` or, without one, derived from the stream sequence;
 - anything else (not UTF-8, empty, bad JSON, bad fields) is dead-lettered with the reason.
+
+JSON is read strictly (RFC 8259, see ``strict_json``). The event's fields may each appear once: a
+repeated field would leave the event ambiguous. The payload is stored as the text it was sent in,
+so a reader gets exactly the value that was sent: integers of any size, floats as written, strings
+with their escapes (an escaped lone surrogate included), names in their order and, as JSON allows,
+a name repeated inside the payload kept as it came.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
 from pydantic_core import PydanticCustomError
 
-from logmesh.common.jetstream import LOG_SUBJECT_PREFIX, MSG_ID_HEADER, RECEIPT_SUBJECT, SOURCE_HEADER
+from logmesh.common.jetstream import LOG_SUBJECT_PREFIX, MSG_ID_HEADER, SOURCE_HEADER
 from logmesh.common.model import SOURCE_MAX, StreamEvent, Topic, check_event_id, check_topic, field_errors
-from logmesh.common.wire import Delivery, WireMsg, parse_headers
+from logmesh.common.strict_json import JsonError, Member, Number, members
+from logmesh.common.wire import Delivery
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_FIELDS = frozenset(StreamEvent.model_fields)
 
 
 @dataclass(slots=True)
@@ -33,31 +45,8 @@ class Row:
     event_id: str
     timestamp: datetime
     source: str
-    payload: str
+    payload: str  # a JSON object's text, exactly as it was sent
     seq: int
-
-
-@dataclass(slots=True)
-class DeadLetter:
-    seq: int
-    subject: str
-    reason: str
-    headers: dict[str, str] | None
-    body: bytes
-
-
-@dataclass(slots=True)
-class SlowDecoded:
-    """What the reference decoder made of the messages the fast path left to it."""
-
-    rows: list[Row] = field(default_factory=list)
-    dead_letters: dict[int, DeadLetter] = field(default_factory=dict)  # by position in the batch
-    window_duplicates: Counter[str] = field(default_factory=Counter)
-
-
-class Receipt(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    window_duplicates: dict[Topic, PositiveInt]
 
 
 class Rejected(Exception):
@@ -78,33 +67,38 @@ def decode_message(
     except PydanticCustomError as exc:
         raise Rejected(f"subject topic {topic!r}: {exc.message()}") from None
     header_id = headers.get(MSG_ID_HEADER) if headers else None
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Rejected(f"body is not UTF-8 (byte {exc.start})") from None
+    text = _utf8(body)
     stripped = text.strip()
     if not stripped:
         raise Rejected("body is empty")
     if stripped[0] == "{":
-        return _json_event(topic, header_id, headers, body, delivery)
+        return _json_event(topic, header_id, headers, text, delivery)
     event_id = _id_from_header(topic, header_id) if header_id else f"nats-{stream_epoch}-{delivery.stream_seq}"
     return Row(
         topic=topic,
         event_id=event_id,
         timestamp=_stream_time(delivery),
         source=_source(headers),
-        payload=_json({"message": text}),
+        payload=json.dumps({"message": text}, ensure_ascii=False, separators=(",", ":")),
         seq=delivery.stream_seq,
     )
 
 
+def _utf8(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejected(f"body is not UTF-8 (byte {exc.start})") from None
+
+
 def _json_event(
-    topic: str, header_id: str | None, headers: dict[str, str] | None, body: bytes, delivery: Delivery
+    topic: str, header_id: str | None, headers: dict[str, str] | None, text: str, delivery: Delivery
 ) -> Row:
     try:
-        event = StreamEvent.model_validate_json(body)
-    except ValidationError as exc:
-        raise Rejected(_describe(exc)) from None
+        fields = members(text)
+    except JsonError as exc:
+        raise Rejected(f"body starts with '{{' but is not valid JSON: {exc.reason}") from None
+    event, payload = _validated(fields, text)
     if event.topic is not None and event.topic != topic:
         raise Rejected(f"topic {event.topic!r} in the body disagrees with the subject's topic {topic!r}")
     if event.event_id is not None:
@@ -122,16 +116,44 @@ def _json_event(
         event_id=event_id,
         timestamp=event.timestamp or _stream_time(delivery),
         source=event.source or _source(headers),
-        payload=_json(event.payload),
+        payload=payload,
         seq=delivery.stream_seq,
     )
 
 
-def _describe(exc: ValidationError) -> str:
-    errors = field_errors(exc, batch=False)
-    if errors and errors[0].field is None and exc.errors()[0]["type"] == "json_invalid":
-        return f"body starts with '{{' but is not valid JSON: {errors[0].message}"
-    return "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors)
+def _validated(fields: list[Member], text: str) -> tuple[StreamEvent, str]:
+    """The event's fields checked by the model, which holds their rules, and the payload's text. The
+    model sees each string as it was written and a stand-in of the same type for anything else: a
+    value it refuses by type is refused whatever it holds, and the payload was checked as JSON."""
+    parts = []
+    payload = "{}"
+    for field in fields:
+        name, value = field.name, field.value
+        if name not in _FIELDS:
+            # Refused as an unknown field, whatever it holds; a lone surrogate is shown as its escape.
+            shown = name.encode("utf-8", "backslashreplace").decode() if _SURROGATE.search(name) else name
+            parts.append(f"{json.dumps(shown)}:null")
+            continue
+        if isinstance(value, Number):
+            stand_in = "0"
+        elif isinstance(value, str):
+            if not value.isascii() and _SURROGATE.search(value):
+                raise Rejected(f"{name}: holds an unpaired surrogate, which is not a character")
+            stand_in = text[field.start : field.end]
+        elif isinstance(value, dict):
+            stand_in = "{}"
+            if name == "payload":
+                payload = text[field.start : field.end]
+        elif isinstance(value, list):
+            stand_in = "[]"
+        else:
+            stand_in = text[field.start : field.end]  # true, false, null
+        parts.append(f'"{name}":{stand_in}')
+    try:
+        return StreamEvent.model_validate_json("{" + ",".join(parts) + "}"), payload
+    except ValidationError as exc:
+        errors = field_errors(exc, batch=False)
+        raise Rejected("; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors)) from None
 
 
 def _id_from_header(topic: str, header_id: str) -> str:
@@ -157,47 +179,17 @@ def _stream_time(delivery: Delivery) -> datetime:
     return datetime.fromtimestamp(seconds, UTC).replace(microsecond=ns // 1000)
 
 
+class _Receipt(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    window_duplicates: dict[Topic, PositiveInt]
+
+
 def decode_receipt(body: bytes) -> Counter[str]:
+    """The window duplicates per topic a receipt reports; raises ``Rejected`` with the reason."""
     try:
-        return Counter(Receipt.model_validate_json(body).window_duplicates)
+        return Counter(_Receipt.model_validate_json(body).window_duplicates)
     except ValidationError as exc:
-        raise Rejected("receipt: " + _describe(exc)) from None
-
-
-def _json(value: Any) -> str:
-    # Any size of integer, never NaN (the model refuses those), UTF-8 as is.
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def decode_slow(msgs: Sequence[WireMsg], positions: Iterable[int], stream_epoch: int) -> SlowDecoded:
-    """Runs the reference decoder on the messages at ``positions`` (first deliveries only)."""
-    out = SlowDecoded()
-    for i in positions:
-        raw_subject, reply, block, body = msgs[i]
-        subject = raw_subject.decode("utf-8", "replace")
-        headers = parse_headers(block)
-        delivery = Delivery.from_reply(reply)
-        try:
-            if subject == RECEIPT_SUBJECT:
-                out.window_duplicates.update(decode_receipt(body))
-            else:
-                out.rows.append(decode_message(subject, headers, body, delivery, stream_epoch))
-        except Rejected as exc:
-            out.dead_letters[i] = DeadLetter(delivery.stream_seq, subject, exc.reason, headers, body)
-        except Exception as exc:
-            # A message must never stop the stream: whatever it is, it is kept as a dead letter.
-            reason = f"could not be decoded: {type(exc).__name__}: {exc}"
-            out.dead_letters[i] = DeadLetter(delivery.stream_seq, subject, reason, headers, body)
-    return out
-
-
-def refused(msgs: Sequence[WireMsg], positions: Iterable[int], reason: str) -> SlowDecoded:
-    """Dead letters for messages the store refused although it takes writes."""
-    out = SlowDecoded()
-    for i in positions:
-        raw_subject, reply, block, body = msgs[i]
-        seq = Delivery.from_reply(reply).stream_seq
-        out.dead_letters[i] = DeadLetter(
-            seq, raw_subject.decode("utf-8", "replace"), reason, parse_headers(block), body
-        )
-    return out
+        errors = field_errors(exc, batch=False)
+        raise Rejected(
+            "receipt: " + "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors)
+        ) from None
