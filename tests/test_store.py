@@ -1,4 +1,5 @@
-"""The DuckDB store on its own (a real file): batches, duplicates, and what listings rely on."""
+"""The DuckDB store on its own (a real file): batches, duplicates, what listings rely on, and receipts
+that cannot corrupt the counters."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def test_a_key_twice_in_one_batch_keeps_its_first_copy_in_stream_order(sink: Sin
 
 
 def test_a_redelivered_batch_changes_nothing(sink: Sink) -> None:
-    batch = [message(1, "a"), message(2, "b"), receipt(3, b'{"window_duplicates":{"t":1}}')]
+    batch = [message(1, "a"), message(2, "b"), receipt(3, b'{"events":2,"window_duplicates":{"t":1}}')]
     first = sink.commit(batch)
     again = sink.commit(batch)
     assert (first.inserted, first.redelivered) == (2, 0)
@@ -136,3 +137,43 @@ def test_the_stored_payload_is_the_text_that_was_sent(tmp_path: Path) -> None:
         stored = [p for (p,) in con.execute("SELECT payload FROM events ORDER BY seq").fetchall()]
         con.close()
         assert stored == payloads
+
+
+ABSURD_RECEIPTS = [
+    (b'{"events":3,"window_duplicates":{"t":18446744073709551615}}', "window_duplicates.t: must be an integer"),
+    (b'{"events":18446744073709551615,"window_duplicates":{"t":1}}', "events: must be an integer from 1 to 1000000"),
+    (b'{"events":2,"window_duplicates":{"t":2,"u":1}}', "add up to 3, more than its 2 events"),
+    (b'{"window_duplicates":{"t":1}}', "events: field required"),
+    (b'{"events":5,"window_duplicates":{"t":-1}}', "window_duplicates.t: must be an integer from 1 to 5, not -1"),
+    (b'{"events":5,"window_duplicates":{"t":1.0}}', "not 1.0"),
+    (b'{"events":5,"window_duplicates":{"t":1e3}}', "not 1e3"),
+    (b'{"events":5,"window_duplicates":{"t":"1"}}', "not a string"),
+    (b'{"events":5,"window_duplicates":{"t":1,"t":1}}', "name 't' appears twice"),
+    (b'{"events":5,"window_duplicates":{"bad topic":1}}', "topic must be"),
+    (b'{"events":5,"window_duplicates":{"t":1},}', "trailing comma"),
+    (b'{"events":5,"window_duplicates":{"t":NaN}}', "NaN is not a JSON value"),
+    (b'{"events":5,"window_duplicates":{"t":1},"extra":1}', "'extra': unknown field"),
+]
+
+
+@pytest.mark.parametrize(("body", "reason"), ABSURD_RECEIPTS)
+def test_a_receipt_that_cannot_be_true_is_a_dead_letter_and_counts_nothing(
+    sink: Sink, body: bytes, reason: str
+) -> None:
+    result = sink.commit([message(1, "a"), receipt(2, body)])
+    assert list(result.dead) == [1] and reason in result.dead[1], result.dead
+    assert result.dead[1].startswith("receipt: ")
+    assert result.counters.window_duplicates == 0 and result.counters.invalid == 1
+    assert result.counters.invariant_holds
+    # The store keeps taking receipts and events.
+    after = sink.commit([message(3, "b"), receipt(4, b'{"events":1000000,"window_duplicates":{"t":1000000}}')])
+    assert after.dead == {} and after.counters.window_duplicates == 1_000_000
+
+
+def test_counters_stay_far_from_overflow_at_the_largest_receipts(sink: Sink) -> None:
+    # The most a batch of 20,000 messages can report, committed: the counters stay exact integers.
+    batch = [receipt(seq, b'{"events":1000000,"window_duplicates":{"t":1000000}}') for seq in range(1, 20_001)]
+    result = sink.commit(batch)
+    assert result.dead == {} and result.counters.window_duplicates == 20_000 * 1_000_000
+    stored = sink.store.load()
+    assert stored.counters == result.counters and stored.committed.ranges() == [(1, 20_000)]

@@ -155,7 +155,7 @@ async def send_nats(
                 result = await publisher.send(ready, timeout=10)
                 duplicates = duplicates_by_topic(topics[i], result)
                 while duplicates:
-                    receipt = await publisher.publish([receipt_message(duplicates)], timeout=10)
+                    receipt = await publisher.publish([receipt_message(duplicates, len(batches_out[i]))], timeout=10)
                     if receipt.complete:
                         break
                     await asyncio.sleep(delay)

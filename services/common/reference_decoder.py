@@ -17,6 +17,10 @@ repeated field would leave the event ambiguous. The payload is stored as the tex
 so a reader gets exactly the value that was sent: integers of any size, floats as written, strings
 with their escapes (an escaped lone surrogate included), names in their order and, as JSON allows,
 a name repeated inside the payload kept as it came.
+
+A receipt (``logmesh.receipts``, written by ``publisher.receipt_message``) is
+``{"events": <batch size>, "window_duplicates": {<topic>: <count>}}``: every number is checked
+against what it can truthfully be, so that no message can push a counter out of range.
 """
 
 from __future__ import annotations
@@ -27,13 +31,17 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
+from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
 from logmesh.common.jetstream import LOG_SUBJECT_PREFIX, MSG_ID_HEADER, SOURCE_HEADER
-from logmesh.common.model import SOURCE_MAX, StreamEvent, Topic, check_event_id, check_topic, field_errors
+from logmesh.common.model import SOURCE_MAX, StreamEvent, check_event_id, check_topic, field_errors
 from logmesh.common.strict_json import JsonError, Member, Number, members
 from logmesh.common.wire import Delivery
+
+# Most events one receipt may speak for: far above any publish batch, far below what could make a
+# counter overflow.
+MAX_RECEIPT_EVENTS = 1_000_000
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _FIELDS = frozenset(StreamEvent.model_fields)
@@ -179,17 +187,48 @@ def _stream_time(delivery: Delivery) -> datetime:
     return datetime.fromtimestamp(seconds, UTC).replace(microsecond=ns // 1000)
 
 
-class _Receipt(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    window_duplicates: dict[Topic, PositiveInt]
-
-
 def decode_receipt(body: bytes) -> Counter[str]:
     """The window duplicates per topic a receipt reports; raises ``Rejected`` with the reason."""
     try:
-        return Counter(_Receipt.model_validate_json(body).window_duplicates)
-    except ValidationError as exc:
-        errors = field_errors(exc, batch=False)
-        raise Rejected(
-            "receipt: " + "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors)
-        ) from None
+        fields = {f.name: f.value for f in members(_utf8(body), unique_names=True)}
+    except JsonError as exc:
+        raise Rejected(f"receipt: not valid JSON: {exc.reason}") from None
+    except Rejected as exc:
+        raise Rejected(f"receipt: {exc.reason}") from None
+    unknown = sorted(fields.keys() - {"events", "window_duplicates"})
+    if unknown:
+        raise Rejected(f"receipt: {unknown[0]!a}: unknown field")
+    for required in ("events", "window_duplicates"):
+        if required not in fields:
+            raise Rejected(f"receipt: {required}: field required")
+    events = _count(fields["events"], "events", MAX_RECEIPT_EVENTS)
+    duplicates = fields["window_duplicates"]
+    if not isinstance(duplicates, dict):
+        raise Rejected(f"receipt: window_duplicates: must be an object of counts by topic, not {_kind(duplicates)}")
+    out: Counter[str] = Counter()
+    for topic, count in duplicates.items():
+        try:
+            check_topic(topic)
+        except PydanticCustomError as exc:
+            raise Rejected(f"receipt: window_duplicates: {topic!a}: {exc.message()}") from None
+        out[topic] = _count(count, f"window_duplicates.{topic}", events)
+    if out.total() > events:
+        raise Rejected(f"receipt: window_duplicates add up to {out.total()}, more than its {events} events")
+    return out
+
+
+def _count(value: object, field: str, most: int) -> int:
+    # An integer written without sign, fraction or exponent; its length bounds it before int() runs.
+    if isinstance(value, Number) and value.isdigit() and len(value) <= len(str(most)) and 1 <= int(value) <= most:
+        return int(value)
+    raise Rejected(f"receipt: {field}: must be an integer from 1 to {most}, not {_kind(value)}")
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, Number):
+        return value if len(value) <= 40 else f"a number of {len(value)} characters"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return "an object" if isinstance(value, dict) else "an array"

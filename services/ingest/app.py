@@ -87,7 +87,7 @@ class Ingest:
             raise ApiError(503, "unavailable", f"publishing failed: {exc}", headers=RETRY_AFTER) from exc
         duplicates = duplicates_by_topic([e.topic for e in events], result)
         if duplicates:
-            await self._send_receipt(publisher, duplicates)
+            await self._send_receipt(publisher, duplicates, len(events))
         if not result.complete:
             missing = sum(1 for r in result.results if r is None)
             reason = result.first_error() or f"{missing} acknowledgement(s) did not arrive in {s.publish_timeout:g} s"
@@ -105,8 +105,8 @@ class Ingest:
             status_code=202,
         )
 
-    async def _send_receipt(self, publisher: AckedPublisher, duplicates: Any) -> None:
-        receipt = await publisher.publish([receipt_message(duplicates)], self.settings.publish_timeout)
+    async def _send_receipt(self, publisher: AckedPublisher, duplicates: Any, events: int) -> None:
+        receipt = await publisher.publish([receipt_message(duplicates, events)], self.settings.publish_timeout)
         if not receipt.complete:
             raise ApiError(
                 503, "unavailable", "the duplicate receipt was not stored; retrying is safe", headers=RETRY_AFTER
