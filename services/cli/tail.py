@@ -15,9 +15,9 @@ from logmesh.cli.runner import run
 from logmesh.common.jetstream import LOG_SUBJECTS, close, connect, log_subject
 from logmesh.common.logs import setup_logging
 from logmesh.common.model import check_topic
+from logmesh.common.reference_decoder import Rejected, decode_message
 from logmesh.common.settings import ServiceSettings, add_command, settings_from_args
 from logmesh.common.wire import Delivery
-from logmesh.sink.decode import Rejected, decode_message
 
 
 class TailSettings(ServiceSettings):

@@ -128,7 +128,7 @@ class AckedPublisher:
         duplicates = _duplicates_by_topic(topics, result)
         if not duplicates:
             return Counted(result)
-        return Counted(result, await self.publish([receipt_message(duplicates)], timeout))
+        return Counted(result, await self.publish([receipt_message(duplicates, len(prepared.commands))], timeout))
 
     def prepare(self, messages: Sequence[Outgoing]) -> Prepared:
         """The wire commands of a batch, each with its own reply subject. Send a prepared batch once:
@@ -198,11 +198,12 @@ def _read_ack(headers: bytes | None, data: bytes) -> int | str:
     return DUPLICATE if ack.get("duplicate") else STORED
 
 
-def receipt_message(duplicates_by_topic: Counter[str]) -> Outgoing:
-    """One receipt per batch: the sink adds its counts to the window-duplicate counters in the same
-    transaction as the events, so the count is durable and survives restarts. Its own unique id makes
-    a resent receipt a duplicate that JetStream drops, and the sink counts each stream message once."""
-    body = orjson.dumps({"window_duplicates": dict(duplicates_by_topic)})
+def receipt_message(duplicates_by_topic: Counter[str], events: int) -> Outgoing:
+    """One receipt per batch of ``events`` events: the sink adds its counts to the window-duplicate
+    counters in the same transaction as the events, so the count is durable and survives restarts. Its
+    own unique id makes a resent receipt a duplicate that JetStream drops, and the sink counts each
+    stream message once. The batch size bounds what the sink believes of the counts."""
+    body = orjson.dumps({"events": events, "window_duplicates": dict(duplicates_by_topic)})
     return Outgoing(RECEIPT_SUBJECT, body, "receipt:" + uuid.uuid4().hex)
 
 

@@ -1,6 +1,5 @@
-"""Arrow tables in and out of the store's statements: a batch of raw messages, the rows the reference
-decoder made, ids and per-topic counts of a batch, counters, committed sequence ranges, and which
-messages of a batch are first deliveries."""
+"""Arrow tables in and out of the store's statements: the candidate rows of a batch, their ids and
+per-topic counts, counters, and committed sequence ranges."""
 
 from __future__ import annotations
 
@@ -10,9 +9,8 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from logmesh.common.wire import WireMsg
+from logmesh.common.reference_decoder import Row
 from logmesh.sink.counters import Counters
-from logmesh.sink.decode import SlowDecoded
 from logmesh.sink.seqranges import SeqRanges
 
 TIMESTAMP = pa.timestamp("us")
@@ -28,47 +26,8 @@ CANDIDATE_SCHEMA = pa.schema(
 )
 
 
-def first_deliveries(seq: pa.ChunkedArray, committed: SeqRanges) -> pa.Array:
-    """True for the messages whose sequence is neither committed already nor seen earlier in the
-    batch (JetStream redelivered it while the first copy was still buffered)."""
-    seqs = seq.combine_chunks()
-    new = pa.array([True] * len(seqs))
-    if len(seqs) == 0:
-        return new
-    bounds = pc.min_max(seqs)
-    low, high = bounds["min"].as_py(), bounds["max"].as_py()
-    for start, end in committed.ranges():
-        if end >= low and start <= high:
-            new = pc.and_(new, pc.invert(pc.and_(pc.greater_equal(seqs, start), pc.less_equal(seqs, end))))
-    if pc.count_distinct(seqs).as_py() != len(seqs):
-        repeated: set[int] = set()
-        first = []
-        for s in seqs.to_pylist():
-            first.append(s not in repeated)
-            repeated.add(s)
-        new = pc.and_(new, pa.array(first))
-    return new
-
-
-def incoming_table(msgs: Sequence[WireMsg]) -> pa.Table:
-    # Several record batches, so that DuckDB decodes them on all its threads.
-    return pa.Table.from_batches(_one_chunk(msgs).to_batches(max_chunksize=max(512, len(msgs) // 4)))
-
-
-def _one_chunk(msgs: Sequence[WireMsg]) -> pa.Table:
-    return pa.table(
-        {
-            "i": pa.array(range(len(msgs)), pa.uint32()),
-            "subject": pa.array([m[0] for m in msgs], pa.binary()),
-            "reply": pa.array([m[1] for m in msgs], pa.binary()),
-            "hdr": pa.array([m[2] for m in msgs], pa.binary()),
-            "body": pa.array([m[3] for m in msgs], pa.binary()),
-        }
-    )
-
-
-def rows_table(slow: SlowDecoded) -> pa.Table:
-    rows = slow.rows
+def rows_table(rows: Sequence[Row]) -> pa.Table:
+    """The rows the reference decoder made, as the SQL decoder's candidates come."""
     return pa.table(
         {
             "topic": [r.topic for r in rows],

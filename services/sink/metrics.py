@@ -8,24 +8,25 @@ JetStream every few seconds.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from logmesh.common.metrics import LATENCY_BUCKETS
-
-if TYPE_CHECKING:
-    from logmesh.sink.service import Sink
+from logmesh.sink.counters import Counters
 
 log = logging.getLogger("logmesh.sink")
 
 
 class SinkMetrics(Collector):
-    def __init__(self, sink: Sink) -> None:
-        self._sink = sink
+    """``counters``, ``ready`` and ``buffered`` are read at each scrape."""
+
+    def __init__(
+        self, *, counters: Callable[[], Counters], ready: Callable[[], bool], buffered: Callable[[], int]
+    ) -> None:
+        self._counters, self._ready, self._buffered = counters, ready, buffered
         self.registry = CollectorRegistry()
         self.registry.register(self)
         self.batch_size = Histogram(
@@ -59,7 +60,7 @@ class SinkMetrics(Collector):
         return self.port
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        c = self._sink.writer.counters
+        c = self._counters()
         yield CounterMetricFamily("logmesh_events_received", "Log messages processed (first deliveries)", c.received)
         yield CounterMetricFamily("logmesh_events_unique", "Distinct events stored", c.unique_processed)
         yield CounterMetricFamily("logmesh_events_invalid", "Messages dead-lettered", c.invalid)
@@ -73,5 +74,5 @@ class SinkMetrics(Collector):
         for topic, counts in sorted(c.topics.items()):
             per_topic.add_metric([topic], counts.unique)
         yield per_topic
-        yield GaugeMetricFamily("logmesh_sink_ready", "1 while the store takes writes", int(self._sink.ready))
-        yield GaugeMetricFamily("logmesh_sink_buffered", "Messages pulled and not yet committed", self._sink.buffered)
+        yield GaugeMetricFamily("logmesh_sink_ready", "1 while the store takes writes", int(self._ready()))
+        yield GaugeMetricFamily("logmesh_sink_buffered", "Messages pulled and not yet committed", self._buffered())

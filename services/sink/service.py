@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -25,11 +27,12 @@ from logmesh.common.jetstream import close, connect, ensure_consumer, wait_for_s
 from logmesh.common.query_contract import DeadLettersQuery, EventQuery, EventsQuery
 from logmesh.common.wire import Delivery, WireMsg, delivery_count
 from logmesh.sink.counters import Counters
+from logmesh.sink.crash_journal import CrashJournal
 from logmesh.sink.endpoints import start_query_service
 from logmesh.sink.metrics import SinkMetrics
 from logmesh.sink.puller import Puller
 from logmesh.sink.settings import SinkSettings
-from logmesh.sink.suspects import CrashJournal
+from logmesh.sink.store import CommitResult
 from logmesh.sink.writer import Writer
 
 log = logging.getLogger("logmesh.sink")
@@ -53,7 +56,9 @@ class Sink:
         self._puller: Puller | None = None
         self._in_flight: list[WireMsg] = []
         self._journal = CrashJournal(settings.data_dir / "suspect.json")
-        self.metrics = SinkMetrics(self)
+        self.metrics = SinkMetrics(
+            counters=lambda: self.writer.counters, ready=lambda: self.ready, buffered=lambda: self.buffered
+        )
 
     async def run(self, stopping: asyncio.Event) -> None:
         s = self.settings
@@ -141,7 +146,7 @@ class Sink:
     async def _handle(self, msgs: list[WireMsg], stopping: asyncio.Event) -> None:
         """Commits a batch. A message delivered more than ``poison_after`` times may be what keeps
         stopping the sink: such messages are committed one by one, under the crash journal
-        (suspects.py), so that the one to blame is set aside and the others are not held back."""
+        (crash_journal.py), so that the one to blame is set aside and the others are not held back."""
         limit = self.settings.poison_after
         counts = [delivery_count(m[1]) for m in msgs]
         if max(counts) <= limit:
@@ -157,7 +162,8 @@ class Sink:
             crashes = self._journal.convicted(seq)
             if crashes is not None:
                 reason = f"the sink stopped {crashes} times while processing it alone (delivery {n})"
-                await self._process([msg], stopping, refuse=reason)
+                if await self._set_aside([msg], stopping, reason):
+                    self._journal.end()  # settled: its note goes with it
                 continue
             self._journal.begin(seq)
             await self._process([msg], stopping)
@@ -184,24 +190,47 @@ class Sink:
             if held:
                 await puller.in_progress(held)
 
-    async def _process(self, msgs: list[WireMsg], stopping: asyncio.Event, refuse: str | None = None) -> bool:
-        """Commits a batch, then settles it with JetStream. While the store is broken it keeps
-        retrying; False only when stopping first."""
+    async def _process(self, msgs: list[WireMsg], stopping: asyncio.Event) -> bool:
+        """Decodes and commits a batch, then settles it with JetStream. While the store is broken it
+        keeps retrying; if the store works but refuses the batch, the message it refuses is found and
+        set aside. False only when stopping first."""
+        return await self._settle(msgs, stopping, functools.partial(self._decode_and_commit, msgs), self._isolate)
+
+    async def _set_aside(self, msgs: list[WireMsg], stopping: asyncio.Event, reason: str) -> bool:
+        """Commits the batch's new messages as dead letters with ``reason``, undecoded, then settles it."""
+        return await self._settle(msgs, stopping, functools.partial(self.writer.refuse, msgs, reason), None)
+
+    async def _decode_and_commit(self, msgs: list[WireMsg]) -> CommitResult:
+        if self.failpoints.active("sink.poison") and any(POISON_MARKER in m[3] for m in msgs):
+            self.failpoints.hit("sink.poison")  # stands for a crash while decoding the message
+        return await self.writer.commit(msgs)
+
+    async def _settle(
+        self,
+        msgs: list[WireMsg],
+        stopping: asyncio.Event,
+        commit: Callable[[], Awaitable[CommitResult]],
+        refused: Callable[[list[WireMsg], asyncio.Event], Awaitable[bool]] | None,
+    ) -> bool:
         self._in_flight = msgs
         try:
-            return await self._commit(msgs, stopping, refuse)
+            return await self._commit(msgs, stopping, commit, refused)
         finally:
             self._in_flight = []
 
-    async def _commit(self, msgs: list[WireMsg], stopping: asyncio.Event, refuse: str | None) -> bool:
+    async def _commit(
+        self,
+        msgs: list[WireMsg],
+        stopping: asyncio.Event,
+        commit: Callable[[], Awaitable[CommitResult]],
+        refused: Callable[[list[WireMsg], asyncio.Event], Awaitable[bool]] | None,
+    ) -> bool:
         delay = 0.25
         self.failpoints.hit("sink.before_commit")
-        if refuse is None and self.failpoints.active("sink.poison") and any(POISON_MARKER in m[3] for m in msgs):
-            self.failpoints.hit("sink.poison")  # stands for a crash while decoding the message
         while True:
             started = time.perf_counter()
             try:
-                result = await self.writer.commit(msgs, refuse)
+                result = await commit()
             except Exception as exc:
                 self.ready = False
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -225,9 +254,9 @@ class Sink:
                 assert self._puller is not None
                 await self._puller.settle(msgs, result.dead)
                 return True
-            if await self._store_takes_writes() and refuse is None:
+            if await self._store_takes_writes() and refused is not None:
                 # The store works but refuses this batch: find the message it refuses.
-                return await self._isolate(msgs, stopping)
+                return await refused(msgs, stopping)
             if stopping.is_set():
                 return False
             await asyncio.sleep(delay)
@@ -243,10 +272,12 @@ class Sink:
 
     async def _isolate(self, msgs: list[WireMsg], stopping: asyncio.Event) -> bool:
         if len(msgs) == 1:
-            return await self._commit(msgs, stopping, f"the store refused it: {self.last_error}")
+            reason = f"the store refused it: {self.last_error}"
+            return await self._commit(msgs, stopping, functools.partial(self.writer.refuse, msgs, reason), None)
         half = len(msgs) // 2
         for part in (msgs[:half], msgs[half:]):
-            if not await self._commit(part, stopping, None):
+            decode_and_commit = functools.partial(self._decode_and_commit, part)
+            if not await self._commit(part, stopping, decode_and_commit, self._isolate):
                 return False
         return True
 

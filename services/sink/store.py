@@ -12,9 +12,8 @@ crafted MD5 collision with a stored event is caught and dead-lettered, never sil
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,23 +22,11 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from logmesh.common.failpoints import Failpoints
-from logmesh.common.wire import WireMsg
-from logmesh.sink.arrow import (
-    CANDIDATE_SCHEMA,
-    counts_by_topic,
-    first_deliveries,
-    incoming_table,
-    ranges_table,
-    rows_table,
-    topics_table,
-    with_ids,
-)
+from logmesh.sink.arrow import counts_by_topic, ranges_table, topics_table, with_ids
 from logmesh.sink.counters import Counters, TopicCounts
-from logmesh.sink.decode import SlowDecoded, decode_slow, refused
-from logmesh.sink.fastpath import DECODE_SQL
+from logmesh.sink.decoding import DeadLetter, DecodedBatch
 from logmesh.sink.reads import Reader
 from logmesh.sink.schema import KEY, SCHEMA, SCHEMA_VERSION
 from logmesh.sink.seqranges import SeqRanges
@@ -166,62 +153,27 @@ class Store:
 
     # ---- the one writer ----------------------------------------------------------------------
 
-    def commit(
-        self,
-        msgs: Sequence[WireMsg],
-        counters: Counters,
-        committed: SeqRanges,
-        stream_epoch: int,
-        refuse: str | None = None,
-    ) -> CommitResult:
-        """Decodes and writes a batch in one transaction. Called from one thread only. With ``refuse``,
-        every new message is kept as a dead letter with that reason instead."""
+    def commit(self, decoded: DecodedBatch, counters: Counters, committed: SeqRanges) -> CommitResult:
+        """Writes a decoded batch in one transaction. Called from one thread only."""
         self._failpoints.hit("sink.slow_commit")
-        con = self._db
-        con.register("incoming", incoming_table(msgs))
-        try:
-            with warnings.catch_warnings():
-                # "Arrow output on a DB-API result makes an extra copy": a few columns of one batch,
-                # against planning this query twice through the relation API.
-                warnings.simplefilter("ignore", UserWarning)
-                decoded = con.execute(self._parsed(DECODE_SQL)).to_arrow_table()
-            assert decoded is not None
-        finally:
-            con.unregister("incoming")
-        decoded = decoded.combine_chunks()
-        new = first_deliveries(decoded["seq"], committed)
-        fast = pc.and_(new, pc.and_(decoded["is_log"], decoded["fast"]))
-        if refuse is None:
-            slow_positions = pc.filter(decoded["i"], pc.and_(new, pc.invert(fast))).to_pylist()
-            slow = decode_slow(msgs, slow_positions, stream_epoch)
-            candidates = pa.concat_tables(
-                [
-                    decoded.filter(fast).select(CANDIDATE_SCHEMA.names).cast(CANDIDATE_SCHEMA),
-                    rows_table(slow),
-                ]
-            )
-        else:
-            slow = refused(msgs, pc.filter(decoded["i"], new).to_pylist(), refuse)
-            candidates = CANDIDATE_SCHEMA.empty_table()
-        candidates = with_ids(candidates, self._next_id)
-        new_committed = committed.union(pc.filter(decoded["seq"], new).to_pylist())
+        candidates = with_ids(decoded.candidates, self._next_id)
+        new_committed = committed.union(decoded.first_seqs)
         now = datetime.now(UTC).replace(tzinfo=None)
         try:
-            inserted, updated = self._write(candidates, slow, counters, new_committed, now, fallback=False)
+            inserted, updated = self._write(candidates, decoded, counters, new_committed, now, fallback=False)
             fallback = False
         except duckdb.ConstraintException:
             # Some key is already stored (re-sent after the window): rare, so only then pay for the
             # ON CONFLICT plan, which scans the whole table.
-            inserted, updated = self._write(candidates, slow, counters, new_committed, now, fallback=True)
+            inserted, updated = self._write(candidates, decoded, counters, new_committed, now, fallback=True)
             fallback = True
-        dead = {i: d.reason for i, d in slow.dead_letters.items()}
-        redelivered = len(msgs) - pc.sum(new.cast(pa.int64())).as_py()
-        return CommitResult(updated, new_committed, inserted, redelivered, dead, fallback)
+        dead = {i: d.reason for i, d in decoded.dead_letters.items()}
+        return CommitResult(updated, new_committed, inserted, decoded.redelivered, dead, fallback)
 
     def _write(
         self,
         candidates: pa.Table,
-        slow: SlowDecoded,
+        decoded: DecodedBatch,
         counters: Counters,
         committed: SeqRanges,
         now: datetime,
@@ -236,10 +188,13 @@ class Store:
                     self._check_collisions()
                 valid, distinct = counts_by_topic(candidates)
                 inserted = self._insert_events(now, distinct, candidates.num_rows, fallback)
-                if slow.dead_letters:
-                    self._insert_dead_letters(slow, now)
+                if decoded.dead_letters:
+                    self._insert_dead_letters(decoded.dead_letters.values(), now)
                 updated, changed = counters.after(
-                    inserted=inserted, valid=valid, window=slow.window_duplicates, invalid=len(slow.dead_letters)
+                    inserted=inserted,
+                    valid=valid,
+                    window=decoded.window_duplicates,
+                    invalid=len(decoded.dead_letters),
                 )
                 self._save_counters(updated, changed)
                 self._run("DELETE FROM committed_seqs")
@@ -250,7 +205,7 @@ class Store:
                 con.unregister("candidates")
         # Ids were numbered over every candidate; those that met a stored key leave gaps, never reuse.
         self._next_id += candidates.num_rows
-        self._next_dead_id += len(slow.dead_letters)
+        self._next_dead_id += len(decoded.dead_letters)
         return sum(inserted.values()), updated
 
     def _insert_events(self, now: datetime, distinct: Counter[str], rows: int, fallback: bool) -> Counter[str]:
@@ -281,7 +236,7 @@ class Store:
             seq, topic, event_id, other_topic, other_id = clash[0]
             raise KeyCollision(f"{topic}:{event_id} (seq {seq}) has the key of the stored {other_topic}:{other_id}")
 
-    def _insert_dead_letters(self, slow: SlowDecoded, now: datetime) -> None:
+    def _insert_dead_letters(self, dead_letters: Iterable[DeadLetter], now: datetime) -> None:
         self._run_many(
             "INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
@@ -294,7 +249,7 @@ class Store:
                     d.body,
                     now,
                 )
-                for n, d in enumerate(slow.dead_letters.values())
+                for n, d in enumerate(dead_letters)
             ],
         )
 

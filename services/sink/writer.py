@@ -1,4 +1,5 @@
-"""The one writer: every DuckDB write runs, in order, on one thread; reads use their own cursors."""
+"""The one writer: every batch is decoded and written, in order, on one thread; reads use their own
+cursors."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from typing import TypeVar
 from logmesh.common.failpoints import Failpoints
 from logmesh.common.wire import WireMsg
 from logmesh.sink.counters import Counters
+from logmesh.sink.decoding import BatchDecoder, DecodedBatch, ReferenceDecoder, refuse
 from logmesh.sink.seqranges import SeqRanges
 from logmesh.sink.settings import SinkSettings
+from logmesh.sink.sql_decoder import SqlDecoder
 from logmesh.sink.store import CommitResult, Store
 
 log = logging.getLogger("logmesh.sink")
@@ -26,6 +29,8 @@ class Writer:
         self.failpoints = failpoints
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-writer")
         self._store: Store | None = None
+        self._decoder: BatchDecoder | None = None
+        self._opened = False  # once: reopening after a failure says nothing new
         self.counters = Counters()
         self.committed = SeqRanges()
         self.stream_epoch: str | None = None
@@ -59,9 +64,18 @@ class Writer:
                 store.close()
                 raise
             self.counters, self.committed, self.stream_epoch = state.counters, state.committed, state.stream_epoch
+            # A fresh decoder with each store: after a failure, neither keeps a connection in a bad state.
+            self._decoder = (
+                SqlDecoder(memory_limit=s.memory_limit, threads=s.db_threads)
+                if s.decoder == "sql"
+                else ReferenceDecoder()
+            )
             return store
 
         self._store = await self._run(_open)
+        if not self._opened:
+            self._opened = True
+            log.info("batches are decoded by the %s decoder", self._settings.decoder)
 
     async def reopen(self) -> None:
         """After a failed write DuckDB may refuse every later one; a fresh connection starts from what
@@ -79,11 +93,25 @@ class Writer:
             self.committed = SeqRanges()
             self.stream_epoch = epoch
 
-    async def commit(self, msgs: list[WireMsg], refuse: str | None = None) -> CommitResult:
-        counters, committed, epoch = self.counters, self.committed, self.stream_epoch_id
-        result = await self._run(lambda: self.store.commit(msgs, counters, committed, epoch, refuse))
+    async def commit(self, msgs: list[WireMsg]) -> CommitResult:
+        """Decodes and stores a batch."""
+        epoch = self.stream_epoch_id
+        return await self._write(lambda committed: self._decoding().decode(msgs, committed, epoch))
+
+    async def refuse(self, msgs: list[WireMsg], reason: str) -> CommitResult:
+        """Keeps every new message of a batch as a dead letter with ``reason``, undecoded."""
+        return await self._write(lambda committed: refuse(msgs, committed, reason))
+
+    async def _write(self, decode: Callable[[SeqRanges], DecodedBatch]) -> CommitResult:
+        counters, committed = self.counters, self.committed
+        result = await self._run(lambda: self.store.commit(decode(committed), counters, committed))
         self.counters, self.committed = result.counters, result.committed
         return result
+
+    def _decoding(self) -> BatchDecoder:
+        if self._decoder is None:
+            raise RuntimeError("store is not open")
+        return self._decoder
 
     async def probe(self) -> bool:
         """True when the store takes a write: tells a bad batch from a broken disk."""
@@ -96,11 +124,13 @@ class Writer:
 
     async def close_store(self) -> None:
         store, self._store = self._store, None
-        if store is not None:
-            try:
-                await self._run(store.close)
-            except Exception as exc:
-                log.warning("closing the store failed: %s", exc)
+        decoder, self._decoder = self._decoder, None
+        for what, close in (("store", store), ("decoder", decoder)):
+            if close is not None:
+                try:
+                    await self._run(close.close)
+                except Exception as exc:
+                    log.warning("closing the %s failed: %s", what, exc)
 
     async def close(self) -> None:
         await self.close_store()

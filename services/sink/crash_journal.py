@@ -25,9 +25,9 @@ class CrashJournal:
         """Reads the note a stopped sink left, if any: that message is blamed for one more crash."""
         try:
             note = json.loads(self._path.read_text())
-        except (OSError, ValueError):
-            return
-        seq, crashes = int(note["seq"]), int(note["crashes"]) + 1
+            seq, crashes = int(note["seq"]), int(note["crashes"]) + 1
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # no note, or one no sink wrote: it blames nothing (the next note replaces it)
         self._blame[seq] = crashes
         self._write(seq, crashes)
 
