@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 import nats
@@ -27,18 +27,19 @@ from logmesh.common.settings import ServiceSettings
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+def wait_for(condition: Callable[[], T | Literal[False] | None], timeout: float = 20.0, what: str = "condition") -> T:
     """Polls ``condition`` until it returns something truthy; fails the test after ``timeout`` s."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: object = None
     while time.monotonic() < deadline:
         try:
-            last = condition()
+            value = condition()
         except (httpx.HTTPError, OSError, KeyError, nats.errors.Error) as exc:
             last = exc
         else:
-            if last:
-                return last
+            if value:
+                return value
+            last = value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
 

@@ -6,6 +6,7 @@ from the code fails here."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -130,7 +131,7 @@ class LocalCompose:
             if name == "publisher":
                 continue
             self.start(name)
-            wait_for(lambda n=name: self.healthy(n), 60, f"{name} to be healthy")
+            wait_for(functools.partial(self.healthy, name), 60, f"{name} to be healthy")
 
     def run_publisher(self) -> subprocess.CompletedProcess[bytes]:
         self.start("publisher")

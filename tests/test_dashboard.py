@@ -66,7 +66,8 @@ def test_the_dashboard_shows_stats_and_updates_itself(up: Up) -> None:
             cells = page.locator(f"#topics tr[data-topic='{t['topic']}'] td").all_text_contents()
             assert cells[:2] == [t["topic"], fmt(t["count"])]
         page.wait_for_function("document.querySelectorAll('#dead-letters tbody tr').length === 1")
-        assert "UTF-8" in page.text_content("#dead-letters tbody")
+        dead_letters = page.text_content("#dead-letters tbody")
+        assert dead_letters is not None and "UTF-8" in dead_letters
         page.wait_for_function("document.querySelectorAll('#events tbody tr').length > 0")
         page.select_option("#topic", "t2")
         page.wait_for_function(
