@@ -97,9 +97,13 @@ class Service:
 
     def start(self) -> Service:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "logmesh", *self.args], env=self.env, stdout=out, stderr=out
-        )
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "logmesh", *self.args], env=self.env, stdout=out, stderr=out
+            )
+        finally:
+            if not isinstance(out, int):
+                out.close()  # the child has its own copy of the descriptor
         return self
 
     def alive(self) -> bool:

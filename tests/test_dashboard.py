@@ -11,7 +11,7 @@ from playwright.sync_api import sync_playwright
 
 from tests.harness import Up, event, nats_publish
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM_FLAGS = [

@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow.compute as pc
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -223,6 +224,7 @@ def _plain(value: Any) -> bool:
         return False
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(messages(), min_size=1, max_size=20))
 def test_the_fast_path_agrees_with_the_reference_decoder(msgs: list[tuple[bytes, bytes, bytes | None, bytes]]) -> None:

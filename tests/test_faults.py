@@ -32,7 +32,7 @@ from tests.harness import (
     wait_for,
 )
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 class Background(threading.Thread):

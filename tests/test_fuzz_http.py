@@ -18,7 +18,7 @@ from schemathesis import GenerationMode
 
 from tests.harness import Up
 
-pytestmark = pytest.mark.timeout(280)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(280)]
 
 EXAMPLES_PER_OPERATION = 130
 
