@@ -133,5 +133,5 @@ def create_app(settings: IngestSettings, registry: CollectorRegistry | None = No
 
 
 def _validated(body: bytes, max_batch: int) -> tuple[list[Event], list[Outgoing]]:
-    events, _ = parse_events(body, max_batch)
+    events = parse_events(body, max_batch)
     return events, [Outgoing(log_subject(e.topic), EVENT_ADAPTER.dump_json(e), e.msg_id) for e in events]

@@ -47,9 +47,9 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     return b"".join(chunks)
 
 
-def parse_events(body: bytes, max_batch: int) -> tuple[list[Event], bool]:
-    """The events of a body holding one event object or an array of them, and whether it was an
-    array. Raises 400 for malformed JSON and 422, listing every error, for invalid events."""
+def parse_events(body: bytes, max_batch: int) -> list[Event]:
+    """The events of a body holding one event object or an array of them. Raises 400 for malformed
+    JSON and 422, listing every error, for invalid events."""
     start = body.lstrip()[:1]
     if not start:
         raise ApiError(400, "malformed_json", "body is empty; send an event object or an array of events")
@@ -72,7 +72,7 @@ def parse_events(body: bytes, max_batch: int) -> tuple[list[Event], bool]:
         raise ApiError(
             422, "too_many_events", f"the array holds {len(events)} events; the most in one request is {max_batch}"
         )
-    return events, batch
+    return events
 
 
 def _rejection(exc: ValidationError, batch: bool) -> ApiError:
