@@ -55,14 +55,14 @@ def check_event_id(value: str) -> str:
 
 
 # The date-times accepted: YYYY-MM-DD, T (or a space, as RFC 3339 allows), HH:MM, optional :SS with
-# up to 6 fractional digits ('.' or ','), then Z, +HH:MM, +HHMM or nothing (UTC); T and Z in either
+# up to 6 fractional digits ('.' or ','), then Z, ±HH:MM, ±HHMM or nothing (UTC); T and Z in either
 # case. Checked before parsing: pydantic's own parser reads a string of digits as Unix time and drops
 # digits past the sixth in silence.
 _ISO_DATETIME = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,6})?)?(?:[Zz]|[+-](?:[01]\d|2[0-3]):?[0-5]\d)?", re.ASCII
 )
 _TOO_FINE = re.compile(r"\d{2}:\d{2}:\d{2}[.,]\d{7,}", re.ASCII)
-TIMESTAMP_RULE = (
+_TIMESTAMP_RULE = (
     "timestamp must be an ISO-8601 date-time such as 2026-11-22T10:00:00.123456Z (offset Z, +HH:MM or none for UTC)"
 )
 
@@ -83,7 +83,7 @@ def parse_timestamp(value: object) -> datetime:
             "timestamp_too_precise", "timestamp has more than 6 fractional digits; logmesh keeps microseconds"
         )
     else:
-        raise PydanticCustomError("timestamp_format", TIMESTAMP_RULE)
+        raise PydanticCustomError("timestamp_format", _TIMESTAMP_RULE)
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     try:
