@@ -8,7 +8,7 @@ import os
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 import nats
@@ -25,7 +25,7 @@ from logmesh.common.waiting import wait_until
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
+def wait_for(condition: Callable[[], T | Literal[False] | None], timeout: float = 20.0, what: str = "condition") -> T:
     """Polls ``condition`` until it returns something truthy; fails the test after ``timeout`` s.
     Connection errors count as "not yet"."""
     return wait_until(condition, timeout, what, retry_on=(httpx.HTTPError, OSError, KeyError, nats.errors.Error))
@@ -67,7 +67,11 @@ class Service:
 
     def start(self) -> Service:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = spawn(python_command(*self.args), env=self.env, stdout=out, stderr=out)
+        try:
+            self.proc = spawn(python_command(*self.args), env=self.env, stdout=out, stderr=out)
+        finally:
+            if not isinstance(out, int):
+                out.close()  # the child has its own copy of the descriptor
         return self
 
     def alive(self) -> bool:

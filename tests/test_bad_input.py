@@ -3,6 +3,7 @@ nothing raises anything else, nothing is half-published, no service stops."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -16,23 +17,49 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from logmesh.common.http import ApiError
-from logmesh.common.model import EVENT_ADAPTER, Event, field_errors
-from logmesh.ingest.body import parse_events
+from logmesh.common.model import EVENT_ADAPTER, field_errors
+from logmesh.ingest.app import create_app
+from logmesh.ingest.body import event_texts, parse_events
+from logmesh.ingest.settings import IngestSettings
 from tests.harness import Up, event, nats_publish
+from tests.test_timestamps import instant
 
 pytestmark = pytest.mark.timeout(120)
 
-json_values: Any = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
-    max_leaves=15,
-)
-FIELDS = ["topic", "event_id", "timestamp", "source", "payload"]
-event_like = st.dictionaries(st.sampled_from([*FIELDS, "extra", ""]), json_values, max_size=7)
+
+def _json(floats: st.SearchStrategy[float]) -> Any:
+    return st.recursive(
+        st.none() | st.booleans() | st.integers() | floats | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+        max_leaves=15,
+    )
+
+
+json_values = _json(st.floats())
+# Each field is often valid, so that whole events get accepted and their fields compared.
+FIELDS: dict[str, Any] = {
+    "topic": st.sampled_from(["orders", "a.b-c_d", "x" * 128]),
+    "event_id": st.sampled_from(["e1", "ü id", "x" * 256]) | st.text(min_size=1, max_size=5),
+    "timestamp": st.sampled_from(["2026-11-22T10:00:00Z", "2026-11-22 10:00:00.5+01:30", "0001-01-01T00:00:00"]),
+    "source": st.text(min_size=1, max_size=10),
+    "payload": st.dictionaries(st.text(max_size=10), _json(st.floats(allow_nan=False, allow_infinity=False))),
+}
+
+
+@st.composite
+def event_like(draw: st.DrawFn) -> dict[str, Any]:
+    """An object with each field mostly present and mostly valid, sometimes an unknown field."""
+    out = {}
+    for name, valid in FIELDS.items():
+        if draw(st.integers(0, 9)):
+            out[name] = draw(valid if draw(st.integers(0, 9)) else json_values)
+    if not draw(st.integers(0, 4)):
+        out[draw(st.sampled_from(["extra", ""]))] = draw(json_values)
+    return out
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.one_of(event_like, json_values))
+@given(st.one_of(event_like(), json_values))
 def test_the_model_accepts_or_names_the_field(value: Any) -> None:
     raw = json.dumps(value).encode()  # stdlib: any integer, NaN as NaN
     try:
@@ -43,19 +70,71 @@ def test_the_model_accepts_or_names_the_field(value: Any) -> None:
         if isinstance(value, dict):
             assert all(e.field for e in errors), errors  # an object's problems are always a field's
     else:
-        assert isinstance(accepted, Event)
+        assert (accepted.topic, accepted.event_id, accepted.source) == (
+            value["topic"],
+            value["event_id"],
+            value["source"],
+        )
+        assert accepted.timestamp == instant(value["timestamp"])
+        # json.dumps tells key order and the sign of a zero, which == on dicts does not.
+        assert json.dumps(accepted.payload) == json.dumps(value.get("payload", {}))
+
+
+bodies = st.one_of(
+    st.binary(max_size=300),
+    # JSON text, but no Unicode string: escaped lone surrogates
+    st.builds(
+        lambda e, s: json.dumps({**e, "payload": {"v": s}}).encode(),
+        event_like(),
+        st.sampled_from(["\ud800", "a\udc00b", "\udfff\ud800", "\ud83d"]),
+    ),
+    st.builds(
+        lambda v, indent: json.dumps(v, indent=indent).encode(),
+        st.one_of(event_like(), st.lists(event_like(), max_size=3)),
+        st.sampled_from([None, 0, 2, "\t"]),
+    ),
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.one_of(st.binary(max_size=300), st.lists(event_like, max_size=5).map(lambda v: json.dumps(v).encode())))
+@given(bodies)
 def test_any_request_body_is_events_or_a_clear_4xx(body: bytes) -> None:
     try:
-        events, _ = parse_events(body, max_batch=10)
+        events = parse_events(body, max_batch=10)
     except ApiError as exc:
         assert exc.status in (400, 422) and exc.message
         assert all(d["message"] for d in exc.details)
     else:
         assert 1 <= len(events) <= 10
+        sent = json.loads(body)
+        sent = sent if isinstance(sent, list) else [sent]
+        # What ingest publishes: each event's own text, which reads as the event it was.
+        texts = event_texts(body)
+        assert [json.loads(t) for t in texts] == sent
+        assert [EVENT_ADAPTER.validate_json(t) for t in texts] == events
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "message"),
+    [
+        ("2026-11-22T10:00:00.123456789Z", "logmesh keeps microseconds"),
+        ("1700000000", "ISO-8601"),
+        ("0001-01-01T00:30:00+01:00", "within years 1-9999 in UTC"),
+        ("9999-12-31T23:30:00-01:00", "within years 1-9999 in UTC"),
+    ],
+)
+def test_a_timestamp_ingest_cannot_keep_is_a_422_naming_it(timestamp: str, message: str) -> None:
+    """In the real ingest app, before it needs NATS: validation comes first."""
+
+    async def post() -> httpx.Response:
+        app = create_app(IngestSettings())
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as client:
+            return await client.post("/publish", json={**event("t", "e1"), "timestamp": timestamp})
+
+    resp = asyncio.run(post())
+    assert resp.status_code == 422, resp.text
+    [detail] = resp.json()["error"]["details"]
+    assert detail["field"] == "timestamp" and message in detail["message"]
 
 
 # ---- HTTP abuse, against a real logmesh up --------------------------------------------------------

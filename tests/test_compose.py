@@ -29,7 +29,7 @@ from logmesh.common.processes import free_port, nats_server_binary
 from logmesh.common.settings import ENV_PREFIX, settings_from_args
 from tests.harness import wait_for
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -201,20 +201,21 @@ class LocalCompose:
 
     def start(self, name: str) -> None:
         service = self.compose["services"][name]
-        log = (self.root / f"{name}.log").open("ab")
         mounts = self.mounts(name)
+        env: dict[str, str] | None = None
         if name == "nats":
             flags = [mounts.get(a, self.port(a) if a == "8222" else a) for a in service["command"]]
             command = [nats_server_binary(), *flags, "--addr", "127.0.0.1", "--port", self.port("4222")]
-            self.procs[name] = subprocess.Popen(command, stdout=log, stderr=log)
-            return
-        assert service["command"][0] == "logmesh"
-        env = {k: mounts.get(str(v), self.local(str(v))) for k, v in service.get("environment", {}).items()}
-        executable = shutil.which("logmesh", path=str(Path(sys.executable).parent))
-        assert executable, "the logmesh console script is not installed"
-        command = [executable, *[self.local(a) for a in service["command"][1:]]]
-        base = {k: v for k, v in os.environ.items() if not k.startswith("LOGMESH_")}
-        self.procs[name] = subprocess.Popen(command, env={**base, **env}, stdout=log, stderr=log)
+        else:
+            assert service["command"][0] == "logmesh"
+            own = {k: mounts.get(str(v), self.local(str(v))) for k, v in service.get("environment", {}).items()}
+            executable = shutil.which("logmesh", path=str(Path(sys.executable).parent))
+            assert executable, "the logmesh console script is not installed"
+            command = [executable, *[self.local(a) for a in service["command"][1:]]]
+            env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOGMESH_")}, **own}
+        # The child keeps its own copy of the log's descriptor.
+        with (self.root / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(command, env=env, stdout=log, stderr=log)
 
     def healthy(self, name: str) -> bool:
         test = self.compose["services"][name]["healthcheck"]["test"][1:]

@@ -24,7 +24,7 @@ from playwright.sync_api import ConsoleMessage, Page, Response, ViewportSize, sy
 
 from tests.harness import Up, event, nats_publish, wait_for
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 WIDE: ViewportSize = {"width": 1400, "height": 1000}

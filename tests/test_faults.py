@@ -32,7 +32,7 @@ from tests.harness import (
     wait_for,
 )
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 class Background(threading.Thread):
@@ -105,7 +105,7 @@ def record(sent: int, wanted: set[tuple[str, str]], keys: list[tuple[str, str]],
 def assert_exact(nats_url: str, workload: Workload) -> dict[str, Any]:
     """The sink's counters equal the stream's own truth, and every distinct event is stored once."""
     truth = stream_truth(nats_url)
-    stats = sink_request(nats_url, "stats")
+    stats: dict[str, Any] = sink_request(nats_url, "stats")
     assert stats["received"] == truth["received"]
     assert stats["duplicates"]["window"] == truth["window"]
     assert stats["unique_processed"] == workload.unique

@@ -23,7 +23,7 @@ from schemathesis.core.result import Err
 
 from tests.harness import Up
 
-pytestmark = pytest.mark.timeout(280)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(280)]
 
 EXAMPLES_PER_OPERATION = 130
 

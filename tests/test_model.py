@@ -79,10 +79,56 @@ def test_unknown_and_missing_fields_are_named() -> None:
     assert ("colour", "unknown field") in found
 
 
-@pytest.mark.parametrize("timestamp", [1732269600, "yesterday", "2026-13-01T00:00:00Z", None])
-def test_timestamps_must_be_iso_8601_strings(timestamp: object) -> None:
-    [(field, _)] = errors_for(timestamp=timestamp)
+@pytest.mark.parametrize(
+    ("timestamp", "expected"),
+    [
+        (1732269600, "ISO-8601"),
+        (1732269600.5, "ISO-8601"),
+        (None, "ISO-8601"),
+        ("yesterday", "ISO-8601"),
+        ("1700000000", "ISO-8601"),  # pydantic alone reads this as Unix time
+        ("1700000000.5", "ISO-8601"),
+        ("2026-11-22", "ISO-8601"),
+        ("20261122T100000Z", "ISO-8601"),
+        ("2026-11-22_10:00:00Z", "ISO-8601"),
+        ("2026-11-22T10:00:00+01", "ISO-8601"),
+        ("2026-11-22T10:00:00+24:00", "ISO-8601"),
+        ("\uff12\uff10\uff12\uff16-11-22T10:00:00Z", "ISO-8601"),  # fullwidth digits
+        (" 2026-11-22T10:00:00Z", "ISO-8601"),
+        ("2026-13-01T00:00:00Z", "month must be in 1..12"),
+        ("2026-02-30T00:00:00Z", "day is out of range"),
+        ("2026-11-22T24:00:00Z", "hour must be in 0..23"),
+        ("2026-11-22T10:00:60Z", "second must be in 0..59"),
+        ("0000-01-01T00:00:00Z", "year 0 is out of range"),
+        ("2026-11-22T10:00:00.123456789Z", "more than 6 fractional digits; logmesh keeps microseconds"),
+        ("2026-11-22T10:00:00.1234567", "more than 6 fractional digits; logmesh keeps microseconds"),
+        ("0001-01-01T00:30:00+01:00", "within years 1-9999 in UTC"),
+        ("9999-12-31T23:30:00-01:00", "within years 1-9999 in UTC"),
+    ],
+)
+def test_timestamps_must_be_iso_8601_date_times(timestamp: object, expected: str) -> None:
+    [(field, message)] = errors_for(timestamp=timestamp)
     assert field == "timestamp"
+    assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "utc"),
+    [
+        ("2026-11-22T10:00:00Z", datetime(2026, 11, 22, 10, 0, tzinfo=UTC)),
+        ("2026-11-22 10:00:00Z", datetime(2026, 11, 22, 10, 0, tzinfo=UTC)),
+        ("2026-11-22t10:00:00z", datetime(2026, 11, 22, 10, 0, tzinfo=UTC)),
+        ("2026-11-22T10:00Z", datetime(2026, 11, 22, 10, 0, tzinfo=UTC)),
+        ("2026-11-22T10:00:00,5Z", datetime(2026, 11, 22, 10, 0, 0, 500000, tzinfo=UTC)),
+        ("2026-11-22T10:00:00.000001-00:00", datetime(2026, 11, 22, 10, 0, 0, 1, tzinfo=UTC)),
+        ("2026-11-22T10:00:00+0130", datetime(2026, 11, 22, 8, 30, tzinfo=UTC)),
+        ("2026-11-22T10:00:00.123456-23:59", datetime(2026, 11, 23, 9, 59, 0, 123456, tzinfo=UTC)),
+        ("0001-01-01T00:00:00Z", datetime(1, 1, 1, tzinfo=UTC)),
+        ("9999-12-31T23:59:59.999999", datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+    ],
+)
+def test_accepted_timestamps_keep_their_instant(timestamp: str, utc: datetime) -> None:
+    assert Event.model_validate_json(_json({**GOOD, "timestamp": timestamp})).timestamp == utc
 
 
 def test_payload_must_be_an_object() -> None:

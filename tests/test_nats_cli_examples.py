@@ -11,6 +11,7 @@ from typing import Any
 import nats
 import orjson
 import pytest
+from nats.aio.client import Client
 
 from tests.harness import Up
 
@@ -104,7 +105,7 @@ async def run_examples(url: str, only_first: bool = False) -> list[tuple[str, An
     return out
 
 
-async def _request_until_found(nc: nats.NATS, subject: str, body: bytes) -> bytes:
+async def _request_until_found(nc: Client, subject: str, body: bytes) -> bytes:
     """Asks until the sink has the event (it commits within a moment of the publish)."""
     for _ in range(200):
         reply = await nc.request(subject, body, timeout=5)

@@ -20,7 +20,7 @@ from tests.harness import (
     wait_for,
 )
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 def stored_counters(db: Path) -> dict[str, Any]:

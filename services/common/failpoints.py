@@ -13,11 +13,24 @@ stored in JetStream, response not sent).
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
 
 POISON_MARKER = b"LOGMESH-POISON"
+
+# A misspelt point would make a fault test inject nothing and still pass, so only these are accepted.
+POINTS = frozenset(
+    {
+        "sink.before_commit",
+        "sink.mid_transaction",
+        "sink.after_commit",
+        "sink.slow_commit",
+        "sink.poison",
+        "ingest.after_publish",
+    }
+)
 
 
 class Failpoints:
@@ -25,10 +38,12 @@ class Failpoints:
         self._actions: dict[str, tuple[str, float]] = {}
         for item in filter(None, (part.strip() for part in spec.split(","))):
             name, _, action = item.partition("=")
-            kind, _, arg = action.partition(":")
-            if kind not in ("kill", "exit", "sleep") or (kind == "sleep") != bool(arg):
-                raise ValueError(f"failpoint {name!r}: unknown action {action!r} (kill, exit or sleep:<seconds>)")
-            self._actions[name] = (kind, float(arg or 0))
+            name = name.strip()
+            if name not in POINTS:
+                raise ValueError(f"failpoint {name!r}: unknown point (one of {', '.join(sorted(POINTS))})")
+            if name in self._actions:
+                raise ValueError(f"failpoint {name!r}: given twice")
+            self._actions[name] = _parse_action(name, action.strip())
 
     def active(self, name: str) -> bool:
         return name in self._actions
@@ -44,3 +59,18 @@ class Failpoints:
             os._exit(3)
         else:
             time.sleep(seconds)
+
+
+def _parse_action(name: str, action: str) -> tuple[str, float]:
+    kind, _, arg = action.partition(":")
+    if kind in ("kill", "exit") and not arg:
+        return kind, 0.0
+    if kind == "sleep" and arg:
+        try:
+            seconds = float(arg)
+        except ValueError:
+            seconds = math.nan
+        if math.isfinite(seconds) and seconds >= 0:
+            return kind, seconds
+        raise ValueError(f"failpoint {name!r}: sleep needs a number of seconds >= 0, not {arg!r}")
+    raise ValueError(f"failpoint {name!r}: unknown action {action!r} (kill, exit or sleep:<seconds>)")

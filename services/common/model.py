@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
 TOPIC_MAX = 128
@@ -54,11 +54,42 @@ def check_event_id(value: str) -> str:
     return value
 
 
-def to_utc(value: datetime) -> datetime:
-    """A naive time is taken as UTC; an aware one is converted to UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+# The date-times accepted: YYYY-MM-DD, T (or a space, as RFC 3339 allows), HH:MM, optional :SS with
+# up to 6 fractional digits ('.' or ','), then Z, ±HH:MM, ±HHMM or nothing (UTC); T and Z in either
+# case. Checked before parsing: pydantic's own parser reads a string of digits as Unix time and drops
+# digits past the sixth in silence.
+_ISO_DATETIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,6})?)?(?:[Zz]|[+-](?:[01]\d|2[0-3]):?[0-5]\d)?", re.ASCII
+)
+_TOO_FINE = re.compile(r"\d{2}:\d{2}:\d{2}[.,]\d{7,}", re.ASCII)
+_TIMESTAMP_RULE = (
+    "timestamp must be an ISO-8601 date-time such as 2026-11-22T10:00:00.123456Z (offset Z, +HH:MM or none for UTC)"
+)
+
+
+def parse_timestamp(value: object) -> datetime:
+    """An ISO-8601 date-time string as an aware UTC datetime; a naive one is taken as UTC."""
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str) and _ISO_DATETIME.fullmatch(value):
+        try:
+            parsed = datetime.fromisoformat(value.upper())
+        except ValueError as exc:  # month 13, hour 24, offset +24:00, ...
+            raise PydanticCustomError(
+                "timestamp_invalid", "timestamp is not a valid date-time: {reason}", {"reason": str(exc)}
+            ) from None
+    elif isinstance(value, str) and _TOO_FINE.search(value):
+        raise PydanticCustomError(
+            "timestamp_too_precise", "timestamp has more than 6 fractional digits; logmesh keeps microseconds"
+        )
+    else:
+        raise PydanticCustomError("timestamp_format", _TIMESTAMP_RULE)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:30+01:00 is in year 0 in UTC
+        raise PydanticCustomError("timestamp_range", "timestamp must fall within years 1-9999 in UTC") from None
 
 
 # The JSON schema states the rules for the OpenAPI description; the validators enforce them (the
@@ -76,8 +107,7 @@ EventId = Annotated[
     Field(strict=True, json_schema_extra={"minLength": 1, "maxLength": EVENT_ID_MAX, "pattern": r"^\S(.*\S)?$"}),
     AfterValidator(check_event_id),
 ]
-# strict: only ISO-8601 strings, not numbers that lax mode would read as Unix time.
-Timestamp = Annotated[datetime, Field(strict=True), AfterValidator(to_utc)]
+Timestamp = Annotated[datetime, BeforeValidator(parse_timestamp)]
 Source = Annotated[str, Field(strict=True, min_length=1, max_length=SOURCE_MAX)]
 
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, overload
+from typing import Literal, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -45,7 +45,7 @@ class _Deadline:
 
 
 def wait_until(
-    condition: Callable[[], T | None],
+    condition: Callable[[], T | Literal[False] | None],
     timeout: float | None,
     what: str,
     *,
