@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -67,7 +68,9 @@ def parse_events(body: bytes, max_batch: int) -> list[Event]:
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "malformed_json", f"body is not valid JSON: {exc}") from None
     except ValidationError as exc:
-        raise _rejection(exc, batch) from None
+        if not _unreadable(exc):
+            raise _rejection(exc, batch) from None
+        events = _validated_by_the_standard_parser(body, batch)
     if batch and not events:
         raise ApiError(422, "validation_error", f"the array holds no events; send 1 to {max_batch}")
     if len(events) > max_batch:
@@ -75,6 +78,30 @@ def parse_events(body: bytes, max_batch: int) -> list[Event]:
             422, "too_many_events", f"the array holds {len(events)} events; the most in one request is {max_batch}"
         )
     return events
+
+
+def _unreadable(exc: ValidationError) -> bool:
+    return any(e["type"] == "json_invalid" for e in exc.errors(include_url=False, include_input=False))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _validated_by_the_standard_parser(body: bytes, batch: bool) -> list[Event]:
+    """A second reading of a body the validating parser could not read. That parser refuses escaped
+    lone surrogates ("\\ud800"), which RFC 8259's grammar allows and a payload may carry; the standard
+    library reads them (and refuses what is not JSON, with its position), and the events are
+    validated from the values it read. Only bodies the fast parser refused pay for it."""
+    try:
+        value = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply (recursion limit)" if isinstance(exc, RecursionError) else str(exc)
+        raise ApiError(400, "malformed_json", f"body is not valid JSON: {reason}") from None
+    try:
+        return EVENT_LIST_ADAPTER.validate_python(value) if batch else [EVENT_ADAPTER.validate_python(value)]
+    except ValidationError as exc:
+        raise _rejection(exc, batch) from None
 
 
 def event_texts(body: bytes) -> list[bytes]:
