@@ -15,10 +15,14 @@ os.environ.setdefault("LOGMESH_METRICS_PORT", "0")
 
 @pytest.fixture(params=["fast", "plain"])
 def nats_io(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> NatsIo:
-    """Runs the test once per NATS path: every process it starts (the harness passes the environment
-    on) and every client it makes with ``connect(..., io=nats_io)`` uses that path. Request it before
-    the fixtures that start processes, or through ``pytest.mark.usefixtures``, which comes first."""
+    """Runs the test once with the fast implementations and once with the plain ones, as uvicorn's
+    suite runs over httptools and h11: every process it starts (the harness passes the environment
+    on) and every client it makes with ``connect(..., io=nats_io)`` uses that NATS path, and every
+    sink decodes with the SQL batch decoder (fast) or the reference decoder alone (plain). Request it
+    before the fixtures that start processes, or through ``pytest.mark.usefixtures``, which comes
+    first."""
     monkeypatch.setenv("LOGMESH_NATS_IO", request.param)
+    monkeypatch.setenv("LOGMESH_DECODER", "sql" if request.param == "fast" else "reference")
     value: NatsIo = request.param
     return value
 
