@@ -45,8 +45,12 @@ def test_metrics_agree_with_stats(up: Up) -> None:
     published = (("method", "POST"), ("route", "/publish"), ("status", "202"))
     assert http[("logmesh_http_request_seconds_count", published)] == 2
 
+    # The sink's own endpoint, and up's /metrics, which holds the sink's metrics too.
     port = stats["sink"]["metrics_port"]
     sink = samples(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+    assert {k: v for k, v in sink.items() if k[0].startswith("logmesh_events")} == {
+        k: v for k, v in samples(up.http.get("/metrics").text).items() if k[0].startswith("logmesh_events")
+    }
     assert sink[("logmesh_events_received_total", ())] == stats["received"] == 5
     assert sink[("logmesh_events_unique_total", ())] == stats["unique_processed"] == 4
     assert sink[("logmesh_events_invalid_total", ())] == stats["invalid"] == 1

@@ -60,15 +60,28 @@ def up_command(args: argparse.Namespace) -> int:
             await stack.stop()
             return 1
         if await stack.wait_ready(stopping):
-            print(
-                f"logmesh is up: {stack.http_url}  (dashboard /, POST /publish, GET /stats /events /metrics)"
-                f"  NATS {stack.nats_url}  sink metrics :{settings.metrics_port}  data {settings.data_dir}",
-                flush=True,
-            )
+            print(await _ready_line(stack), flush=True)
         await stopping.wait()
         return await stack.stop()
 
     return run(main)
+
+
+async def _ready_line(stack: Stack) -> str:
+    """What is up, where: the ports actually bound and the data directory's absolute path."""
+    s = stack.settings
+    line = (
+        f"logmesh is up: {stack.http_url}  (dashboard /, POST /publish, GET /stats /events /metrics)"
+        f"  NATS {stack.nats_url}  data {s.data_dir.resolve()}"
+    )
+    if s.metrics_port is not None:
+        port = await stack.sink_metrics_port()
+        line += (
+            f"  sink metrics also on {s.host}:{port}"
+            if port
+            else f"  sink metrics not served on port {s.metrics_port} (see the log)"
+        )
+    return line
 
 
 class DemoSettings(WorkloadSettings, HttpListen, EmbeddedNatsPort):
@@ -93,7 +106,6 @@ def demo_command(args: argparse.Namespace) -> int:
         host=settings.host,
         http_port=settings.http_port,
         nats_port=settings.nats_port,
-        metrics_port=0,
     )
     workload = make_workload(settings.events, settings.dup, settings.topics, settings.run_id)
 
