@@ -1,20 +1,24 @@
 """``--help``: each command lists the flags it uses and no other, with readable defaults and the
-values each takes."""
+values each takes; the README's usage block is the parser's."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from logmesh.cli.main import build_parser, subcommands
+from logmesh.cli.usage import BEGIN, END, with_usage
 from logmesh.common.processes import python_command
 from logmesh.common.settings import settings_from_args
 from logmesh.sink.settings import SinkSettings
 
 pytestmark = pytest.mark.timeout(60)
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 LOGGING = {"--log-level", "--log-format"}
 STREAM_SHAPE = {"--duplicate-window", "--max-age", "--stream-max-bytes", "--replicas"}
@@ -110,3 +114,22 @@ def test_failpoints_are_an_environment_variable_only(monkeypatch: pytest.MonkeyP
     assert settings_from_args(SinkSettings, args).failpoints == "sink.before_commit=kill"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["sink", "--failpoints", "sink.before_commit=kill"])
+
+
+# ---- the README -------------------------------------------------------------------------------
+
+
+def test_the_readme_usage_block_is_the_parsers() -> None:
+    """Fails when a command gains a flag the README does not show: regenerate the block with
+    ``python -m logmesh.cli.usage README.md``."""
+    readme = README.read_text()
+    assert readme.count(BEGIN) == 1 and readme.count(END) == 1
+    assert with_usage(readme) == readme, "README.md: run `python -m logmesh.cli.usage README.md`"
+
+
+@pytest.mark.parametrize("command", sorted(FLAGS))
+def test_the_readme_shows_every_flag_of_every_command(command: str) -> None:
+    block = README.read_text().split(BEGIN, 1)[1].split(END, 1)[0]
+    usage = block.split(f"\nlogmesh {command} [-h]", 1)[1].split("\nlogmesh ", 1)[0].split("```", 1)[0]
+    for flag in flags(parsers()[command]):
+        assert re.search(rf"\[{re.escape(flag)}[ \]|]|\| {re.escape(flag)}\]", usage), (command, flag)
