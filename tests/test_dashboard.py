@@ -21,6 +21,7 @@ import httpx
 import orjson
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, Response, ViewportSize, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.harness import Up, event, nats_publish, wait_for
 
@@ -256,7 +257,15 @@ def test_the_dashboard_shows_history_lag_and_dead_letters_while_events_flow(
         stats = wait_for(lambda: _settled_after_flow(up), 30, "the sink to settle")
         assert stats is not None
         unique = fmt(stats["unique_processed"])
-        page.wait_for_function(f"() => document.getElementById('unique').textContent === '{unique}'", timeout=10_000)
+        try:
+            page.wait_for_function(
+                f"() => document.getElementById('unique').textContent === '{unique}'", timeout=10_000
+            )
+        except PlaywrightTimeout:
+            shown_now = page.evaluate(
+                "() => [document.getElementById('unique').textContent, document.getElementById('status').textContent]"
+            )
+            raise AssertionError(f"the page shows {shown_now}, /stats says {unique}: {stats}") from None
         shown = {
             "#arrived": stats["arrived"],
             "#received": stats["received"],

@@ -45,8 +45,12 @@ def test_metrics_agree_with_stats(up: Up) -> None:
     published = (("method", "POST"), ("route", "/publish"), ("status", "202"))
     assert http[("logmesh_http_request_seconds_count", published)] == 2
 
+    # The sink's own endpoint, and up's /metrics, which holds the sink's metrics too.
     port = stats["sink"]["metrics_port"]
     sink = samples(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+    assert {k: v for k, v in sink.items() if k[0].startswith("logmesh_events")} == {
+        k: v for k, v in samples(up.http.get("/metrics").text).items() if k[0].startswith("logmesh_events")
+    }
     assert sink[("logmesh_events_received_total", ())] == stats["received"] == 5
     assert sink[("logmesh_events_unique_total", ())] == stats["unique_processed"] == 4
     assert sink[("logmesh_events_invalid_total", ())] == stats["invalid"] == 1
@@ -102,7 +106,9 @@ def test_stats_and_tail_commands(up: Up) -> None:
     )
     try:
         assert tail.stderr is not None
-        assert "following logs.tailed" in tail.stderr.readline()  # subscribed: what follows is shown
+        # Subscribed once it says so (after its log line about the connection): what follows is shown.
+        first_lines = [tail.stderr.readline() for _ in range(2)]
+        assert any("following logs.tailed" in line for line in first_lines), first_lines
         up.publish([event("other", "x"), event("tailed", "t-1", payload={"k": 1}), event("tailed", "t-2")])
         out, _ = tail.communicate(timeout=30)
     finally:

@@ -20,18 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from logmesh.cli.runner import run
 from logmesh.common.logs import setup_logging
-from logmesh.common.settings import ENV_PREFIX, add_command, settings_from_args
+from logmesh.common.settings import ENV_PREFIX, LogmeshSettings, add_command, settings_from_args
 
 PARTS = ("ceiling", "native", "http-seed", "http", "scaling", "growth", "latency")
 
 
-class BenchSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX + "BENCH_", extra="ignore", frozen=True)
+class BenchSettings(LogmeshSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX + "BENCH_")
 
     parts: str = Field(",".join(PARTS), description=f"comma-separated parts to run: {', '.join(PARTS)}")
     runs: int = Field(3, ge=1, description="runs of each part; medians are reported")
@@ -43,6 +43,13 @@ class BenchSettings(BaseSettings):
         600_000, ge=1000, description="events sent in each growth run (long enough to warm the key index)"
     )
     json_out: Path | None = Field(None, description="also write every figure to this JSON file")
+
+    @field_validator("parts")
+    @classmethod
+    def _known_parts(cls, parts: str) -> str:
+        if unknown := sorted({p.strip() for p in parts.split(",") if p.strip()} - set(PARTS)):
+            raise ValueError(f"unknown part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}")
+        return parts
 
 
 def machine() -> dict[str, Any]:
@@ -169,10 +176,6 @@ def bench_command(args: argparse.Namespace) -> int:
     settings = settings_from_args(BenchSettings, args)
     setup_logging("warning", "text")
     parts = [p.strip() for p in settings.parts.split(",") if p.strip()]
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown:
-        print(f"logmesh bench: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
-        return 2
 
     async def main(stopping: asyncio.Event) -> int:
         out = await _bench(settings, parts)

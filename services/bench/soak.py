@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import nats
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from logmesh.bench import truth
 from logmesh.cli.runner import run
@@ -30,12 +30,12 @@ from logmesh.common.embedded import EmbeddedNats
 from logmesh.common.jetstream import connect
 from logmesh.common.logs import setup_logging
 from logmesh.common.processes import free_port, kill_process, python_command, spawn, stop_process
-from logmesh.common.settings import ENV_PREFIX, add_command, settings_from_args
+from logmesh.common.settings import ENV_PREFIX, LogmeshSettings, add_command, settings_from_args
 from logmesh.common.waiting import wait_until_async
 
 
-class SoakSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX + "SOAK_", extra="ignore", frozen=True)
+class SoakSettings(LogmeshSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX + "SOAK_")
 
     duration: float = Field(120.0, gt=0, description="seconds of load and kills")
     rate: int = Field(2000, ge=100, description="events per second, split between the two publishers")

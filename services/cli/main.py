@@ -9,6 +9,7 @@ from logmesh import __version__
 from logmesh.bench import command as bench
 from logmesh.bench import soak
 from logmesh.cli import commands, services, tail
+from logmesh.common.settings import SettingsError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,9 +27,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each command's own parser, by name."""
+    found = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(found.choices)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    code: int = args.handler(args)
+    """Runs one command. A flag the command does not have gets the command's own usage; a value a
+    setting does not take (flag or environment variable) gets one line naming it. Both exit 2."""
+    args, unknown = build_parser().parse_known_args(argv)
+    command: argparse.ArgumentParser = args.command_parser
+    if unknown:
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        code: int = args.handler(args)
+    except SettingsError as exc:
+        print(f"{command.prog}: {exc}", file=sys.stderr, flush=True)
+        return 2
     return code
 
 

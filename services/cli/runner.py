@@ -21,12 +21,19 @@ from logmesh.common.waiting import wait_until_async
 
 log = logging.getLogger("logmesh")
 
-Main = Callable[[asyncio.Event], Awaitable[int | None]]
+
+class Stopping(asyncio.Event):
+    """Set by the first SIGINT or SIGTERM, which it names."""
+
+    signal: signal.Signals | None = None
+
+
+Main = Callable[[Stopping], Awaitable[int | None]]
 
 
 def run(main: Main) -> int:
     async def runner() -> int:
-        stopping = asyncio.Event()
+        stopping = Stopping()
         loop = asyncio.get_running_loop()
 
         def on_signal(sig: signal.Signals) -> None:
@@ -34,6 +41,7 @@ def run(main: Main) -> int:
                 log.warning("second %s: exiting now", sig.name)
                 os._exit(128 + sig.value)
             log.info("%s received: stopping", sig.name)
+            stopping.signal = sig
             stopping.set()
 
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -14,6 +14,7 @@ from pydantic import Field
 from starlette.applications import Starlette
 
 from logmesh.cli.runner import start_server, stop_server
+from logmesh.cli.sink_metrics import SinkMetricsRelay
 from logmesh.common.claims import DirLock, listen_socket, lock_data_dir
 from logmesh.common.embedded import EmbeddedNats, nats_answers
 from logmesh.common.http import Component, EmbeddedServer, bound_port, build_app
@@ -24,7 +25,7 @@ from logmesh.common.settings import (
     DataDir,
     EmbeddedNatsPort,
     HttpListen,
-    SinkMetricsPort,
+    Port,
     flag_name,
 )
 from logmesh.common.waiting import wait_until_async
@@ -36,19 +37,33 @@ from logmesh.query.settings import QuerySettings
 log = logging.getLogger("logmesh")
 
 
-class UpSettings(CommonSettings, DataDir, HttpListen, EmbeddedNatsPort, SinkMetricsPort):
+class UpSettings(CommonSettings, DataDir, HttpListen, EmbeddedNatsPort):
     nats_url: str | None = Field(None, description="use this NATS server instead of starting one")
     nats_io: NatsIo = Field("fast", description="hot NATS paths of the sink and ingest: 'fast' or 'plain'")
+    # The sink's metrics are in GET /metrics on the HTTP port; a port of their own only on request,
+    # so that two ups on one machine never contend for one.
+    metrics_port: Port | None = Field(
+        None, description="also serve the sink's own metrics on this port (0 picks a free one)"
+    )
+
+    @property
+    def sink_metrics_host(self) -> str:
+        """Loopback, unless the sink's metrics were asked for on a port of their own."""
+        return "127.0.0.1" if self.metrics_port is None else self.host
 
 
-def _components(ingest_settings: IngestSettings, query_settings: QuerySettings) -> tuple[list[Component], Starlette]:
+def _components(
+    ingest_settings: IngestSettings, query_settings: QuerySettings, sink_metrics_host: str = "127.0.0.1"
+) -> tuple[list[Component], SinkMetricsRelay, Starlette]:
     registry = CollectorRegistry()
-    parts: list[Component] = [Ingest(ingest_settings, registry), Query(query_settings)]
-    return parts, build_app("logmesh", parts, registry)
+    query = Query(query_settings)
+    parts: list[Component] = [Ingest(ingest_settings, registry), query]
+    relay = SinkMetricsRelay(query.ask_sink, registry, sink_metrics_host)
+    return parts, relay, build_app("logmesh", parts, registry, [relay.exposition])
 
 
 def combined_app(ingest_settings: IngestSettings, query_settings: QuerySettings) -> Starlette:
-    return _components(ingest_settings, query_settings)[1]
+    return _components(ingest_settings, query_settings)[2]
 
 
 class Stack:
@@ -63,6 +78,7 @@ class Stack:
         self._claim: DirLock | None = None
         self._listener: socket.socket | None = None
         self._parts: list[Component] = []
+        self._sink_metrics: SinkMetricsRelay | None = None
         self._server: EmbeddedServer | None = None
         self._serving: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -74,7 +90,8 @@ class Stack:
     def sink_command(self) -> list[str]:
         flags = {
             **self._common(),
-            "metrics_port": self.settings.metrics_port,
+            "metrics_host": self.settings.sink_metrics_host,
+            "metrics_port": self.settings.metrics_port or 0,
             "log_level": self.sink_log_level,
             "nats_url": self.nats_url,
             "nats_io": self.settings.nats_io,
@@ -104,9 +121,15 @@ class Stack:
             "http_port": s.http_port,
             **self._common(),
         }
-        self._parts, app = _components(IngestSettings(**http), QuerySettings(**http))
+        self._parts, self._sink_metrics, app = _components(
+            IngestSettings(**http), QuerySettings(**http), s.sink_metrics_host
+        )
         self._server, self._serving = await start_server(app, self._listener)
         self.http_url = f"http://{s.host}:{bound_port(self._server)}"
+
+    async def sink_metrics_port(self) -> int | None:
+        """The port the sink serves its own metrics on, as it says; None if it serves none."""
+        return await self._sink_metrics.port() if self._sink_metrics is not None else None
 
     async def wait_ready(self, stopping: asyncio.Event) -> bool:
         """Waits until every part is ready (``/readyz`` would answer 200), saying what it waits for

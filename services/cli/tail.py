@@ -6,22 +6,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Annotated
 
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from logmesh.cli.runner import run
 from logmesh.common.jetstream import LOG_SUBJECTS, close, connect, log_subject
 from logmesh.common.logs import setup_logging
 from logmesh.common.model import check_topic
 from logmesh.common.reference_decoder import Rejected, decode_message
-from logmesh.common.settings import ServiceSettings, add_command, settings_from_args
+from logmesh.common.settings import Logging, NatsServer, StreamName, add_command, settings_from_args
 from logmesh.common.wire import Delivery
 
 
-class TailSettings(ServiceSettings):
-    topic: str | None = Field(None, description="only this topic (all topics when left out)")
+class TailSettings(StreamName, Logging, NatsServer):
+    topic: Annotated[str, AfterValidator(check_topic)] | None = Field(
+        None, description="only this topic (all topics when left out)"
+    )
     all: bool = Field(False, description="start from the first message in the stream, not the next one")
     count: int = Field(0, ge=0, description="stop after this many messages (0: follow until Ctrl+C)")
 
@@ -39,8 +42,6 @@ def render(msg: Msg) -> str:
 def tail_command(args: argparse.Namespace) -> int:
     settings = settings_from_args(TailSettings, args)
     setup_logging(settings.log_level, settings.log_format)
-    if settings.topic:
-        check_topic(settings.topic)
 
     async def main(stopping: asyncio.Event) -> int:
         nc = await connect(settings.nats_url, "logmesh-tail", stopping=stopping)

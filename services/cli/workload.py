@@ -4,10 +4,12 @@ JetStream. Both retry a failed batch with the same ids, which is always safe."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +32,7 @@ LEVELS = ("debug", "info", "info", "info", "warning", "error")
 class Workload:
     events: list[dict[str, Any]]
     unique: int
+    run_id: str = ""  # the prefix of every event id: the same run id sends the same events again
 
     @property
     def duplicates(self) -> int:
@@ -59,16 +62,18 @@ def make_workload(events: int, dup: float, topics: int, run_id: str | None = Non
     ]
     out = originals + [rng.choice(originals) for _ in range(events - unique)] if unique else []
     rng.shuffle(out)
-    return Workload(out, unique)
+    return Workload(out, unique, run)
 
 
 @dataclass
 class SendReport:
+    """What a sender has done so far; a caller may pass its own and watch it fill."""
+
     accepted: int = 0
     duplicates: int = 0
     retries: int = 0
     first_send: float = 0.0  # wall-clock time of the first send, to compare with the sink's commits
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # one entry per failed attempt, saying what failed
 
 
 class Rejected(Exception):
@@ -79,11 +84,33 @@ def _progress(total: int, show: bool, label: str) -> tqdm:
     return tqdm(total=total, unit="ev", unit_scale=True, desc=label, disable=not show, leave=False)
 
 
+def describe_failure(exc: BaseException) -> str:
+    """What went wrong in words, from the OS error at the root when there is one (``connection
+    refused`` rather than httpx's ``All connection attempts failed``)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return f"unknown host ({cause.strerror})"
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno).lower()
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.TimeoutException):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
+
+
 async def send_http(
-    url: str, batches: Sequence[Sequence[dict[str, Any]]], clients: int, *, show_progress: bool = True
+    url: str,
+    batches: Sequence[Sequence[dict[str, Any]]],
+    clients: int,
+    *,
+    show_progress: bool = True,
+    report: SendReport | None = None,
 ) -> SendReport:
+    """POSTs the batches from ``clients`` concurrent senders, retrying each until it is accepted
+    (for ever: the caller bounds the time, see ``logmesh.cli.delivery``)."""
     bodies = [(orjson.dumps(list(b)), len(b)) for b in batches]
-    report = SendReport()
+    report = report if report is not None else SendReport()
     queue: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
     for item in bodies:
         queue.put_nowait(item)
@@ -100,7 +127,7 @@ async def send_http(
                     try:
                         resp = await client.post("/publish", content=body, headers={"content-type": "application/json"})
                     except httpx.TransportError as exc:
-                        report.errors.append(str(exc) or type(exc).__name__)
+                        report.errors.append(describe_failure(exc))
                     else:
                         if resp.status_code == 202:
                             answer = resp.json()
@@ -110,15 +137,29 @@ async def send_http(
                             break
                         if resp.status_code not in (408, 429, 503, 504):
                             raise Rejected(f"{resp.status_code}: {resp.text[:500]}")
-                        report.errors.append(f"HTTP {resp.status_code}")
+                        report.errors.append(f"HTTP {resp.status_code} {resp.reason_phrase}".strip())
                         delay = max(delay, float(resp.headers.get("retry-after", 0) or 0))
                     report.retries += 1
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
 
-        await asyncio.gather(*(worker() for _ in range(clients)))
-    progress.close()
+        try:
+            await _all_or_none([worker() for _ in range(clients)])
+        finally:
+            progress.close()
     return report
+
+
+async def _all_or_none(workers: list[Coroutine[Any, Any, None]]) -> None:
+    """Runs the workers together; the first to fail (or a cancellation) stops the others too, so that
+    none keeps sending on a client being closed."""
+    tasks = [asyncio.ensure_future(w) for w in workers]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def send_nats(
@@ -128,9 +169,10 @@ async def send_nats(
     *,
     show_progress: bool = True,
     nats_io: NatsIo = "fast",
+    report: SendReport | None = None,
 ) -> SendReport:
-    """Publishes with JetStream acks, and a receipt for the duplicates, as ingest does."""
-    report = SendReport()
+    """Publishes with JetStream acks (and a receipt for the duplicates, as ingest does)."""
+    report = report if report is not None else SendReport()
     batches_out = [
         [Outgoing(log_subject(e["topic"]), orjson.dumps(e), msg_id(e["topic"], e["event_id"])) for e in batch]
         for batch in batches

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from logmesh.common.metrics import RequestMetrics, metrics_route
+from logmesh.common.metrics import Exposition, RequestMetrics, metrics_route
 from logmesh.common.openapi import Health, Ready, json_content, openapi, responses
 from logmesh.common.security_headers import SecurityHeaders
 
@@ -181,10 +181,12 @@ class _SecuredApp(Starlette):
         return SecurityHeaders(super().build_middleware_stack())
 
 
-def build_app(title: str, components: Sequence[Component], registry: CollectorRegistry) -> Starlette:
+def build_app(
+    title: str, components: Sequence[Component], registry: CollectorRegistry, also_metrics: Sequence[Exposition] = ()
+) -> Starlette:
     """One Starlette app serving the components' routes, with ``/healthz``, ``/readyz``,
-    ``/openapi.json`` and ``/metrics``, the one error shape, request metrics, and the security
-    headers on every answer."""
+    ``/openapi.json`` and ``/metrics`` (``registry``, then ``also_metrics``), the one error shape,
+    request metrics, and the security headers on every answer."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -196,7 +198,11 @@ def build_app(title: str, components: Sequence[Component], registry: CollectorRe
 
     spec = openapi(title, *(c.openapi_paths for c in components), HEALTH_PATHS)
     routes = [route for c in components for route in c.routes()]
-    routes += [*health_routes([c.readiness for c in components]), openapi_route(spec), metrics_route(registry)]
+    routes += [
+        *health_routes([c.readiness for c in components]),
+        openapi_route(spec),
+        metrics_route(registry, also_metrics),
+    ]
     return _SecuredApp(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,

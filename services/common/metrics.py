@@ -1,9 +1,10 @@
 """Prometheus metrics (prometheus_client): ``GET /metrics`` on the HTTP services, request latency by
-route and status for each of them."""
+route and status for each of them, and under ``logmesh up`` the sink's metrics too."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from starlette.requests import Request
@@ -14,9 +15,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
-def metrics_route(registry: CollectorRegistry) -> Route:
+# Another process's exposition, appended to this one's: one scrape target for a whole ``logmesh up``.
+Exposition = Callable[[], Awaitable[bytes]]
+
+
+def metrics_route(registry: CollectorRegistry, also: Sequence[Exposition] = ()) -> Route:
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        # The others first: fetching them sets this registry's gauges that say what is missing.
+        others = [await source() for source in also]
+        return Response(b"".join([generate_latest(registry), *others]), media_type=CONTENT_TYPE_LATEST)
 
     return Route("/metrics", metrics, methods=["GET"])
 

@@ -1,6 +1,7 @@
 """Typed settings shared by every service; each field is a ``--flag`` and a ``LOGMESH_*`` variable.
 
-Precedence: command-line flag, then environment variable, then the default.
+Precedence: command-line flag, then environment variable, then the default. A command's settings
+class holds what that command uses and nothing else: its ``--help`` lists exactly those flags.
 """
 
 from __future__ import annotations
@@ -9,104 +10,158 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from logmesh.common.flags import SettingsError, allowed, choices, explain, flag_name, readable
+
+__all__ = ["SettingsError", "flag_name"]
 
 ENV_PREFIX = "LOGMESH_"
 
 
-class _Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+class EnvOnly:
+    """Marks a setting read from its environment variable only: it gets no flag and no ``--help``
+    line (test aids such as ``LOGMESH_FAILPOINTS``)."""
+
+
+ENV_ONLY = EnvOnly()
+
+
+class LogmeshSettings(BaseSettings):
+    # A duration or a fraction of inf or nan is a typo, never a wish.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 # Each setting that several commands take is defined once: its type, range and help here, its usual
 # default in the mixin below. A command composes the mixins it needs; one that runs on scratch
 # resources (``demo``) restates only the default.
+Port = Annotated[int, Field(ge=0, le=65535)]
 ListenHost = Annotated[str, Field(description="HTTP listen address")]
-ListenPort = Annotated[int, Field(ge=0, le=65535, description="HTTP listen port (0 picks a free one)")]
-NatsPort = Annotated[int, Field(ge=0, le=65535, description="port of the embedded nats-server (0 picks a free one)")]
-MetricsPort = Annotated[
-    int, Field(ge=0, le=65535, description="port of the sink's Prometheus endpoint (0 picks a free one)")
-]
+ListenPort = Annotated[Port, Field(description="HTTP listen port (0 picks a free one)")]
+NatsPort = Annotated[Port, Field(description="port of the embedded nats-server (0 picks a free one)")]
+NatsUrl = Annotated[str, Field(description="NATS server URL(s), comma-separated")]
+
+
+def _http_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    return url
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 DataDirPath = Annotated[
     Path, Field(description="data directory: the DuckDB store (and, under logmesh up, the JetStream store in nats/)")
 ]
 
 
-class HttpListen(_Settings):
-    host: ListenHost = "127.0.0.1"
-    http_port: ListenPort = 8080
-
-
-class DataDir(_Settings):
-    data_dir: DataDirPath = Path("data")
-
-
-class EmbeddedNatsPort(_Settings):
-    nats_port: NatsPort = 4222
-
-
-class SinkMetricsPort(_Settings):
-    metrics_port: MetricsPort = 9464
-
-
-class CommonSettings(_Settings):
-    """The stream's shape (whichever service starts first creates or updates the stream with it) and
-    how to log."""
-
-    stream: str = Field("LOGS", description="JetStream stream name")
-    duplicate_window: float = Field(
-        120.0, gt=0, description="seconds during which JetStream drops a repeated Nats-Msg-Id"
-    )
-    max_age: float = Field(7 * 86400.0, gt=0, description="seconds a message is kept in the stream")
-    stream_max_bytes: int = Field(-1, description="stream size limit in bytes; -1 for none")
-    replicas: int = Field(1, ge=1, le=5, description="stream replicas (clustered NATS only)")
+class Logging(LogmeshSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["text", "json"] = Field("text", description="log line format")
 
 
-class ServiceSettings(CommonSettings):
-    """What every service needs: where NATS is, and the common settings."""
+class StreamName(LogmeshSettings):
+    stream: str = Field("LOGS", description="JetStream stream name")
 
-    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
+
+class StreamShape(StreamName):
+    """The stream's shape: whichever service starts first creates or updates the stream with it."""
+
+    duplicate_window: float = Field(
+        120.0, gt=0, description="seconds during which JetStream drops a repeated Nats-Msg-Id"
+    )
+    max_age: float = Field(7 * 86400.0, gt=0, description="seconds a message is kept in the stream")
+    stream_max_bytes: int = Field(-1, ge=-1, description="stream size limit in bytes; -1 for none")
+    replicas: int = Field(1, ge=1, le=5, description="stream replicas (clustered NATS only)")
+
+
+class HttpListen(LogmeshSettings):
+    host: ListenHost = "127.0.0.1"
+    http_port: ListenPort = 8080
+
+
+class DataDir(LogmeshSettings):
+    data_dir: DataDirPath = Path("data")
+
+
+class EmbeddedNatsPort(LogmeshSettings):
+    nats_port: NatsPort = 4222
+
+
+class SinkMetricsPort(LogmeshSettings):
+    metrics_port: Port = Field(9464, description="port of the sink's Prometheus endpoint (0 picks a free one)")
+
+
+class NatsServer(LogmeshSettings):
+    nats_url: NatsUrl = "nats://127.0.0.1:4222"
+
+
+class CommonSettings(StreamShape, Logging):
+    """What a process that may create the stream needs besides NATS: the stream's shape, logging."""
+
+
+class NatsServiceSettings(StreamName, Logging, NatsServer):
+    """A long-running service on NATS: where NATS is, which stream, how to log."""
+
     nats_io: Literal["fast", "plain"] = Field(
         "fast",
         description="hot NATS paths: 'fast' (raw wire parser and bulk writes on nats-py internals) or 'plain' "
         "(nats-py's public API only)",
     )
-    failpoints: str = Field("", description="testing aid: name=action,... (see services/common/failpoints.py)")
+    failpoints: Annotated[str, ENV_ONLY] = Field(
+        "", description="testing aid: name=action,... (see services/common/failpoints.py)"
+    )
+
+
+class ServiceSettings(NatsServiceSettings, CommonSettings):
+    """A service that writes to the stream (ingest, sink), and so may create it."""
 
 
 class HttpSettings(ServiceSettings, HttpListen):
-    """An HTTP service (ingest, query)."""
+    """An HTTP service that writes to the stream (ingest)."""
+
+
+class ReadingHttpSettings(NatsServiceSettings, HttpListen):
+    """An HTTP service that only reads (query): it never creates the stream, so takes no shape."""
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
-def flag_name(field: str) -> str:
-    return "--" + field.replace("_", "-")
+def _env_prefix(settings_cls: type[BaseSettings]) -> str:
+    return str(settings_cls.model_config.get("env_prefix", ENV_PREFIX))
+
+
+def _help(description: str, rule: str | None, env: str, default: Any) -> str:
+    said = description + (f"; {rule}" if rule else "")
+    return f"{said} [env {env}; default {readable(default)}]".replace("%", "%%")
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, settings_cls: type[BaseSettings]) -> None:
-    """Adds one flag per settings field. Defaults are left to the settings object so that an unset
-    flag falls back to the environment variable."""
-    group = parser.add_argument_group(f"{settings_cls.__name__} (each flag is also an environment variable)")
-    prefix = settings_cls.model_config.get("env_prefix", ENV_PREFIX)
-    for name, info in settings_cls.model_fields.items():
+    """Adds one flag per settings field, the command's own fields first. Defaults are left to the
+    settings object so that an unset flag falls back to the environment variable; values are checked
+    there too (:func:`settings_from_args`), so that a bad flag and a bad variable read alike."""
+    group = parser.add_argument_group("settings (every flag is also an environment variable)")
+    prefix = _env_prefix(settings_cls)
+    inherited = {name for base in settings_cls.__mro__[1:] for name in getattr(base, "model_fields", {})}
+    fields = sorted(settings_cls.model_fields.items(), key=lambda item: item[0] in inherited)
+    for name, info in fields:
+        if any(isinstance(m, EnvOnly) for m in info.metadata):
+            continue
         env = prefix + name.upper()
-        help_text = f"{info.description or name} [env {env}; default {info.default!r}]"
+        literal = choices(info)
         if info.annotation is bool:
-            group.add_argument(
-                flag_name(name),
-                dest=name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
+            text = _help(info.description or name, None, env, info.default)
+            action: Any = argparse.BooleanOptionalAction
+            group.add_argument(flag_name(name), dest=name, action=action, default=argparse.SUPPRESS, help=text)
         else:
-            group.add_argument(flag_name(name), dest=name, default=argparse.SUPPRESS, help=help_text)
+            # Choices are shown as the metavar, and checked with every other rule by the settings.
+            text = _help(info.description or name, None if literal else allowed(info), env, info.default)
+            metavar = "{" + ",".join(literal) + "}" if literal else None
+            group.add_argument(flag_name(name), dest=name, default=argparse.SUPPRESS, metavar=metavar, help=text)
 
 
 def add_command(
@@ -119,10 +174,15 @@ def add_command(
     """One ``logmesh`` subcommand: a flag (and environment variable) per field of its settings."""
     parser = commands.add_parser(name, help=text, description=text)
     add_settings_arguments(parser, settings_cls)
-    parser.set_defaults(handler=handler)
+    parser.set_defaults(handler=handler, command_parser=parser, settings_cls=settings_cls)
 
 
 def settings_from_args(settings_cls: type[SettingsT], args: argparse.Namespace, **overrides: Any) -> SettingsT:
+    """The command's settings from its flags, then the environment. A value it does not take raises
+    :class:`SettingsError`, one line naming the flag or the variable: ``logmesh`` prints it and exits 2."""
     given = {k: v for k, v in vars(args).items() if k in settings_cls.model_fields}
     given.update(overrides)
-    return settings_cls(**given)
+    try:
+        return settings_cls(**given)
+    except ValidationError as exc:
+        raise SettingsError(explain(exc, settings_cls.model_fields, given, _env_prefix(settings_cls))) from None

@@ -23,6 +23,7 @@ from nats.aio.client import Client
 from pydantic import BaseModel
 
 from logmesh.common.http import ApiError
+from logmesh.common.jetstream import RECEIPT_SUBJECT
 from logmesh.common.nats_answers import Answer
 from logmesh.common.query_contract import COUNTERS_AS_OF_HEADER, CountersQuery, NoQuery
 
@@ -87,15 +88,16 @@ class StatsView:
             raise ApiError(503, "unavailable", "NATS is not reachable; retry later", headers={"Retry-After": "1"})
         started = time.monotonic()
         js = nc.jetstream()
-        stream_task = asyncio.create_task(js.stream_info(self._stream))
+        stream_task = asyncio.create_task(js.stream_info(self._stream, subjects_filter=RECEIPT_SUBJECT))
         consumer_task = asyncio.create_task(js.consumer_info(self._stream, self._consumer))
-        try:
-            status, counters = await asyncio.gather(
-                self._ask_sink("status", NoQuery()),
-                self._ask_sink("counters", CountersQuery(unless_as_of=self._counters_as_of)),
-            )
-        finally:
-            await asyncio.wait({stream_task, consumer_task})
+        # JetStream first, the sink's counters after: the sink acks a batch only once it is committed,
+        # so counters read after a consumer state hold every batch that state shows as acked (a
+        # snapshot saying "nothing pending" then never shows counters from before the last commit).
+        await asyncio.wait({stream_task, consumer_task})
+        status, counters = await asyncio.gather(
+            self._ask_sink("status", NoQuery()),
+            self._ask_sink("counters", CountersQuery(unless_as_of=self._counters_as_of)),
+        )
         if counters.data != b"null":
             self._counters = memoryview(counters.data)[1:-1]
             self._counters_as_of = float(counters.headers[COUNTERS_AS_OF_HEADER])
@@ -105,7 +107,9 @@ class StatsView:
             stream = stream_task.result()
             fields["stream"] = {
                 "name": stream.config.name,
+                # Every message in the stream, and apart: the receipts ingest writes beside the events.
                 "messages": stream.state.messages,
+                "receipt_messages": (stream.state.subjects or {}).get(RECEIPT_SUBJECT, 0),
                 "bytes": stream.state.bytes,
                 "first_seq": stream.state.first_seq,
                 "last_seq": stream.state.last_seq,

@@ -264,4 +264,7 @@ class Store:
             self._insert_from("topics", topics_table(c, changed), replace=True)
 
     def file_size(self) -> int:
-        return self.path.stat().st_size if self.path.exists() else 0
+        """Bytes the store uses on disk: the database file and its write-ahead log, which holds every
+        commit since the last checkpoint (up to checkpoint_threshold)."""
+        wal = self.path.with_name(self.path.name + ".wal")
+        return sum(p.stat().st_size for p in (self.path, wal) if p.exists())
