@@ -8,7 +8,6 @@ or counted wrong (must be 0), checked against the store's keys and the stream's 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
 import shutil
@@ -20,28 +19,14 @@ from typing import Any
 
 import httpx
 import nats
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from logmesh.bench import truth
-from logmesh.cli.runner import run
+from logmesh.bench.soak_command import SoakSettings
 from logmesh.cli.workload import Workload, make_workload, send_http, send_nats
 from logmesh.common.embedded import EmbeddedNats
 from logmesh.common.jetstream import connect
-from logmesh.common.logs import setup_logging
 from logmesh.common.processes import free_port, kill_process, python_command, spawn, stop_process
-from logmesh.common.settings import ENV_PREFIX, LogmeshSettings, add_command, settings_from_args
 from logmesh.common.waiting import wait_until_async
-
-
-class SoakSettings(LogmeshSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX + "SOAK_")
-
-    duration: float = Field(120.0, gt=0, description="seconds of load and kills")
-    rate: int = Field(2000, ge=100, description="events per second, split between the two publishers")
-    kill_every: float = Field(4.0, gt=0, description="mean seconds between kills")
-    seed: int = Field(1, description="random seed for the workload and the kills")
-    data_dir: Path | None = Field(None, description="keep everything here instead of a temporary directory")
 
 
 class Services:
@@ -191,25 +176,3 @@ async def _reckon(services: Services, workload: Workload) -> dict[str, Any]:
         "invariant_holds": stats["invariant_holds"],
         "counters": {k: stats[k] for k in ("received", "unique_processed", "duplicates", "invalid", "arrived")},
     }
-
-
-def soak_command(args: argparse.Namespace) -> int:
-    settings = settings_from_args(SoakSettings, args)
-    setup_logging("warning", "text")
-
-    async def main(stopping: asyncio.Event) -> int:
-        print(f"soak: {settings.duration:g} s at {settings.rate:,} events/s, a kill every ~{settings.kill_every:g} s")
-        r = await soak(settings)
-        print(f"  events sent {r['sent']:,} ({r['distinct']:,} distinct), stored {r['stored']:,}")
-        print(f"  kills: {', '.join(f'{k} {v}' for k, v in r['kills'].items())}")
-        print(f"  lost {r['lost']}, stored twice {r['stored_twice']}, counted wrong {r['miscounted'] or 0}")
-        print(f"  counters {r['counters']}, invariant {'holds' if r['invariant_holds'] else 'BROKEN'}")
-        ok = not (r["lost"] or r["stored_twice"] or r["unexpected"] or r["miscounted"]) and r["invariant_holds"]
-        return 0 if ok else 1
-
-    return run(main)
-
-
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    text = "minutes of load with random kills of every service; reports lost and double-counted events"
-    add_command(commands, "soak", SoakSettings, soak_command, text)

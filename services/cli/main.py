@@ -7,7 +7,7 @@ import sys
 
 from logmesh import __version__
 from logmesh.bench import command as bench
-from logmesh.bench import soak
+from logmesh.bench import soak_command as soak
 from logmesh.cli import commands, services, tail
 from logmesh.common.settings import SettingsError
 
