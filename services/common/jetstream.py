@@ -280,13 +280,25 @@ async def ensure_consumer(
         return await js.add_consumer(stream, config)
 
 
-async def wait_for_stream(js: JetStreamContext, settings: CommonSettings) -> StreamInfo:
-    """Declares the stream, retrying while JetStream is not ready yet (server just started, no quorum)."""
+async def wait_for_stream(
+    js: JetStreamContext, settings: CommonSettings, *, stopping: asyncio.Event | None = None
+) -> StreamInfo:
+    """Declares the stream, retrying while JetStream is not ready yet (server just started, no quorum);
+    gives up with ``StoppedWaiting`` as soon as ``stopping`` is set."""
     delay = 0.1
+    warned = False
     while True:
         try:
             return await ensure_stream(js, settings)
         except (TimeoutError, nats.errors.Error, nats.js.errors.ServiceUnavailableError) as exc:
-            log.warning("JetStream not ready (%s); retrying", exc or type(exc).__name__)
+            if not warned:
+                log.warning("waiting for JetStream (%s)", exc or type(exc).__name__)
+                warned = True
+        if stopping is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+            if stopping.is_set():
+                raise StoppedWaiting("stopped while waiting for JetStream")
+        else:
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        delay = min(delay * 2, 2.0)

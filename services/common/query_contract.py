@@ -291,7 +291,8 @@ class SinkStatus(BaseModel):
 
 class StreamState(BaseModel):
     name: str
-    messages: int
+    messages: int = Field(description="every message in the stream, the receipts included")
+    receipt_messages: int = Field(description="the receipts ingest wrote beside the events")
     bytes: int
     first_seq: int
     last_seq: int

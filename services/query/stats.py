@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +27,8 @@ from logmesh.common.http import ApiError
 from logmesh.common.jetstream import RECEIPT_SUBJECT
 from logmesh.common.nats_answers import Answer
 from logmesh.common.query_contract import COUNTERS_AS_OF_HEADER, CountersQuery, NoQuery
+
+log = logging.getLogger("logmesh.query")
 
 REFRESH_EVERY = 0.25
 # Older than this, the snapshot is not served: the request waits for a fresh one (or fails with it).
@@ -76,9 +79,18 @@ class StatsView:
                 await self._refresher
 
     async def _refresh_forever(self) -> None:
+        failing = False
         while True:
-            with contextlib.suppress(ApiError):
+            try:
                 await self._take()
+                failing = False
+            except ApiError:
+                pass  # NATS or the sink is down: /stats and /readyz say so
+            except Exception:
+                # Whatever it was, the snapshot must keep being refreshed; say it once per outage.
+                if not failing:
+                    log.exception("stats: the snapshot could not be refreshed")
+                failing = True
             # A refresh that moves megabytes of counters waits a while before the next one.
             await asyncio.sleep(max(REFRESH_EVERY, 2 * self._took))
 
@@ -94,6 +106,9 @@ class StatsView:
         # so counters read after a consumer state hold every batch that state shows as acked (a
         # snapshot saying "nothing pending" then never shows counters from before the last commit).
         await asyncio.wait({stream_task, consumer_task})
+        # Read now, so that an answer JetStream refused (no consumer yet: the sink is starting) is
+        # retrieved even when asking the sink fails next; an expected state is not an error to log.
+        stream_failed, consumer_failed = stream_task.exception(), consumer_task.exception()
         status, counters = await asyncio.gather(
             self._ask_sink("status", NoQuery()),
             self._ask_sink("counters", CountersQuery(unless_as_of=self._counters_as_of)),
@@ -103,7 +118,7 @@ class StatsView:
             self._counters_as_of = float(counters.headers[COUNTERS_AS_OF_HEADER])
         fields: dict[str, Any] = {"as_of": time.time(), "sink": orjson.Fragment(status.data)}
         # Lag and size come from JetStream itself; without them the counters are still worth serving.
-        if stream_task.exception() is None:
+        if stream_failed is None:
             stream = stream_task.result()
             fields["stream"] = {
                 "name": stream.config.name,
@@ -114,7 +129,7 @@ class StatsView:
                 "first_seq": stream.state.first_seq,
                 "last_seq": stream.state.last_seq,
             }
-        if consumer_task.exception() is None:
+        if consumer_failed is None:
             consumer = consumer_task.result()
             fields["consumer"] = {
                 "name": consumer.name,

@@ -72,7 +72,7 @@ class Sink:
         try:
             nc = await connect(s.nats_url, "logmesh-sink", io=s.nats_io, stopping=stopping)
             js = nc.jetstream()
-            info = await wait_for_stream(js, s)
+            info = await wait_for_stream(js, s, stopping=stopping)
             assert info.created is not None
             await self.writer.use_stream(info.created)
             await self._declare_consumer(js)
