@@ -82,3 +82,19 @@ def test_duplicates_inside_one_batch(up: Up) -> None:
     assert up.publish(batch).json() == {"accepted": 4, "duplicates": 2, "stored": 2}
     stats = up.settled_stats(arrived=4)
     assert stats["unique_processed"] == 2 and stats["duplicates"]["window"] == 2
+
+
+def test_stats_name_the_receipts_in_the_stream_and_count_the_write_ahead_log(up: Up) -> None:
+    """The stream holds the receipts beside the events: /stats names them, so that `received` can be
+    read against the stream; the store's size on disk counts its write-ahead log."""
+    first = [event("orders", f"r-{i}") for i in range(50)]
+    assert up.publish(first).status_code == 202
+    assert up.publish(first[:20]).json()["duplicates"] == 20  # a receipt for these 20
+    stats = up.settled_stats(arrived=70)
+    stream = stats["stream"]
+    assert stream["receipt_messages"] == 1
+    assert stream["messages"] - stream["receipt_messages"] == stats["received"] == 50
+    files = [up.data_dir / "logmesh.duckdb", up.data_dir / "logmesh.duckdb.wal"]
+    on_disk = sum(f.stat().st_size for f in files if f.exists())
+    assert (up.data_dir / "logmesh.duckdb.wal").exists()  # nothing is checkpointed below 1 GB of WAL
+    assert stats["sink"]["store_bytes"] == on_disk

@@ -25,7 +25,9 @@ from tests.harness import Up
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(280)]
 
-EXAMPLES_PER_OPERATION = 130
+# Per operation and mode; the routes grew from 7 to 13 operations, so fewer each keeps the suite in
+# its time budget (the query-string fuzzer below adds 400 nasty parameter sets per route).
+EXAMPLES_PER_OPERATION = 70
 
 
 @pytest.fixture(scope="module")
