@@ -18,8 +18,9 @@ from pydantic import ValidationError
 
 from logmesh.common.http import ApiError
 from logmesh.common.model import EVENT_ADAPTER, field_errors
+from logmesh.common.strict_json import MAX_DEPTH
 from logmesh.ingest.app import create_app
-from logmesh.ingest.body import event_texts, parse_events
+from logmesh.ingest.body import parse_events
 from logmesh.ingest.settings import IngestSettings
 from tests.harness import Up, event, nats_publish
 from tests.test_timestamps import instant
@@ -100,7 +101,7 @@ bodies = st.one_of(
 @given(bodies)
 def test_any_request_body_is_events_or_a_clear_4xx(body: bytes) -> None:
     try:
-        events = parse_events(body, max_batch=10)
+        events, texts = parse_events(body, max_batch=10)
     except ApiError as exc:
         assert exc.status in (400, 422) and exc.message
         assert all(d["message"] for d in exc.details)
@@ -109,7 +110,6 @@ def test_any_request_body_is_events_or_a_clear_4xx(body: bytes) -> None:
         sent = json.loads(body)
         sent = sent if isinstance(sent, list) else [sent]
         # What ingest publishes: each event's own text, which reads as the event it was.
-        texts = event_texts(body)
         assert [json.loads(t) for t in texts] == sent
         assert [EVENT_ADAPTER.validate_python(json.loads(t)) for t in texts] == events
 
@@ -178,14 +178,19 @@ def test_a_batch_of_ten_thousand_events_is_accepted(up: Up) -> None:
     assert up.settled_stats(arrived=10_000)["unique_processed"] == 10_000
 
 
-@pytest.mark.parametrize("depth", [50, 5000])
+@pytest.mark.parametrize("depth", [50, MAX_DEPTH - 1, MAX_DEPTH, 5000])
 def test_deeply_nested_payloads(up: Up, depth: int) -> None:
+    """The event nests one level more than its payload: up to MAX_DEPTH, as deep as the sink reads."""
     nested = '{"a":' * depth + "1" + "}" * depth
     fields = f'"topic":"deep","event_id":"d{depth}","timestamp":"2026-11-22T10:00:00Z","source":"s"'
     body = ("{" + fields + ',"payload":' + nested + "}").encode()
     resp = up.http.post("/publish", content=body, headers={"content-type": "application/json"})
-    if depth == 50:
+    if depth < MAX_DEPTH:
         assert resp.status_code == 202
+    elif depth == MAX_DEPTH:
+        assert resp.status_code == 422
+        [detail] = resp.json()["error"]["details"]
+        assert detail["field"] == "payload" and f"nested deeper than {MAX_DEPTH} levels" in detail["message"]
     else:
         assert resp.status_code == 400 and "recursion" in resp.json()["error"]["message"]
 

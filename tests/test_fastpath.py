@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 
 from logmesh.common.reference_decoder import Rejected, decode_message
 from logmesh.common.wire import Delivery, WireMsg, parse_headers
-from logmesh.ingest.body import event_texts, parse_events
+from logmesh.ingest.body import parse_events
 from logmesh.sink.decoding import DecodedBatch, ReferenceDecoder
 from logmesh.sink.seqranges import SeqRanges
 from logmesh.sink.sql_decoder import SqlDecoder
@@ -68,7 +68,7 @@ def outcomes(decoded: DecodedBatch, msgs: list[WireMsg]) -> list[Any]:
 
 
 def test_what_ingest_publishes_takes_the_sql_path(sql: SqlDecoder) -> None:
-    # Ingest publishes each event's own text (event_texts): compact JSON with UTC times, as the load
+    # Ingest publishes each event's own text (parse_events gives it): compact JSON with UTC times, as the load
     # generator and most clients send it, must stay on the SQL path.
     body = orjson.dumps(
         [
@@ -83,7 +83,7 @@ def test_what_ingest_publishes_takes_the_sql_path(sql: SqlDecoder) -> None:
             {"topic": "t", "event_id": "id", "timestamp": "2026-11-22T10:00:00Z", "source": "s", "payload": {}},
         ]
     )
-    events = parse_events(body, 10)
+    events, texts = parse_events(body, 10)
     msgs = [
         WireMsg(
             b"logs." + e.topic.encode(),
@@ -91,7 +91,7 @@ def test_what_ingest_publishes_takes_the_sql_path(sql: SqlDecoder) -> None:
             b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % e.msg_id.encode(),
             text,
         )
-        for n, (e, text) in enumerate(zip(events, event_texts(body), strict=True))
+        for n, (e, text) in enumerate(zip(events, texts, strict=True))
     ]
     decoded = sql.query(msgs).to_pylist()
     assert [r["fast"] for r in decoded] == [True, True, True]

@@ -37,7 +37,7 @@ def instant(text: str) -> datetime:
 def publish(timestamp: Any) -> datetime | ApiError:
     body = orjson.dumps({"topic": "t", "event_id": "e", "timestamp": timestamp, "source": "s"})
     try:
-        [event] = parse_events(body, max_batch=10)
+        [event] = parse_events(body, max_batch=10).events
     except ApiError as exc:
         return exc
     return event.timestamp

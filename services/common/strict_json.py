@@ -34,12 +34,14 @@ _NESTING = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
 class JsonError(ValueError):
-    """Why a text is not strict JSON, and where (``where`` says what ``pos`` is)."""
+    """Why a text is not strict JSON, and where (``where`` says what ``pos`` is); ``name`` is the
+    name that appears twice, when that is why."""
 
-    def __init__(self, message: str, text: str, pos: int, where: str = "at") -> None:
+    def __init__(self, message: str, text: str, pos: int, where: str = "at", *, name: str | None = None) -> None:
         line = text.count("\n", 0, pos) + 1
         column = pos - text.rfind("\n", 0, pos)
         self.reason = f"{message} {where} line {line} column {column}"
+        self.name = name
         super().__init__(self.reason)
 
 
@@ -57,16 +59,19 @@ class Number(str):
     """A JSON number, as it was written."""
 
 
-class _NotJson(Exception):
+class _NotJson(ValueError):
     def __init__(self, message: str) -> None:
         self.message = message
 
 
-def _constant(name: str) -> NoReturn:
+def refuse_constant(name: str) -> NoReturn:
+    """A ``parse_constant`` hook for ``json.JSONDecoder``: raises ``ValueError`` for NaN and Infinity."""
     raise _NotJson(f"{name} is not a JSON value (RFC 8259 has no NaN or Infinity)")
 
 
-def _finite(text: str) -> Number:
+def finite_number(text: str) -> Number:
+    """A ``parse_float`` hook for ``json.JSONDecoder``: the number as written, or ``ValueError`` if it
+    is beyond the range of a binary64 float."""
     if math.isinf(float(text)):
         raise _NotJson(f"number {text[:40]} is beyond the range of a 64-bit float")
     return Number(text)
@@ -86,9 +91,9 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _decoder(*, unique_names: bool) -> json.JSONDecoder:
     return json.JSONDecoder(
         object_pairs_hook=_unique if unique_names else None,
-        parse_float=_finite,
+        parse_float=finite_number,
         parse_int=Number,  # never int(): no digit limit, no cost
-        parse_constant=_constant,
+        parse_constant=refuse_constant,
         strict=True,  # no raw control characters in strings
     )
 
@@ -141,8 +146,9 @@ def _skip(text: str, pos: int) -> int:
     return match.end()
 
 
-def _check_depth(text: str) -> None:
-    # Counting brackets is cheap and bounds the depth; only a text with many is walked.
+def check_depth(text: str) -> None:
+    """Raises ``JsonError`` if ``text`` nests deeper than ``MAX_DEPTH``. Counting brackets is cheap and
+    bounds the depth: only a text with more than ``MAX_DEPTH`` of them is walked."""
     if text.count("[") + text.count("{") <= MAX_DEPTH:
         return
     depth = 0
@@ -166,7 +172,7 @@ def members(text: str, *, unique_names: bool = False) -> list[Member]:
     """The members of the object that is the whole of ``text`` (whitespace around it allowed), in
     order. Raises ``JsonError`` unless the text is strict JSON and an object whose names are unique;
     names repeated inside its values are refused too with ``unique_names``, else left as they are."""
-    _check_depth(text)
+    check_depth(text)
     pos = _skip(text, 0)
     if not text.startswith("{", pos):
         raise JsonError("expected an object", text, pos)
@@ -180,7 +186,7 @@ def members(text: str, *, unique_names: bool = False) -> list[Member]:
         plain = _PLAIN_NAME.match(text, pos)
         name, start = (plain.group(1), plain.end()) if plain else _name(text, pos)
         if name in names:
-            raise JsonError(f"name {name!r} appears twice", text, start)
+            raise JsonError(f"name {name!r} appears twice", text, start, name=name)
         names.add(name)
         value, end = _value(text, start, unique_names=unique_names)
         out.append(Member(name, value, start, end))

@@ -24,7 +24,7 @@ from logmesh.common.jetstream import NatsLink, log_subject, wait_for_stream
 from logmesh.common.model import Event
 from logmesh.common.openapi import json_content, model_schema, responses
 from logmesh.common.publisher import AckedPublisher, Outgoing
-from logmesh.ingest.body import check_content_type, event_texts, parse_events, read_body
+from logmesh.ingest.body import check_content_type, parse_events, read_body
 from logmesh.ingest.settings import IngestSettings
 
 log = logging.getLogger("logmesh.ingest")
@@ -144,6 +144,5 @@ def create_app(settings: IngestSettings, registry: CollectorRegistry | None = No
 
 
 def _validated(body: bytes, max_batch: int) -> tuple[list[Event], list[Outgoing]]:
-    events = parse_events(body, max_batch)
-    texts = event_texts(body)  # each event exactly as sent, not encoded again (see event_texts)
+    events, texts = parse_events(body, max_batch)  # each event's text exactly as sent, not encoded again
     return events, [Outgoing(log_subject(e.topic), t, e.msg_id) for e, t in zip(events, texts, strict=True)]
