@@ -12,6 +12,22 @@ from tests.harness import NatsServer, Service, Up
 # Every sink a test starts serves its metrics on a port of its own.
 os.environ.setdefault("LOGMESH_METRICS_PORT", "0")
 
+# Fixtures that start real processes, and what a test module that starts its own says in its code.
+_PROCESS_FIXTURES = {"up", "make_up", "service", "nats_server", "running", "local"}
+_STARTS_PROCESSES = ("subprocess.", "NatsServer(", "Up(", "python_command(")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks ``processes`` every test that starts real processes (nats-server, logmesh services), so
+    that ``-m "not processes"`` is the part that runs in seconds."""
+    modules: dict[str, bool] = {}
+    for item in items:
+        path = str(item.path)
+        if path not in modules:
+            modules[path] = any(word in item.path.read_text() for word in _STARTS_PROCESSES)
+        if modules[path] or _PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.processes)
+
 
 @pytest.fixture(params=["fast", "plain"])
 def nats_io(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> NatsIo:
