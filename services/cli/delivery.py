@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from logmesh.cli.runner import Stopping
 from logmesh.cli.workload import Rejected, SendReport, describe_failure
+from logmesh.common import embedded
 
 log = logging.getLogger("logmesh.publish")
 
@@ -105,20 +104,9 @@ async def _cancel(task: asyncio.Future[SendReport]) -> None:
 
 
 def nats_failure(url: str, timeout: float = 2.0) -> str | None:
-    """Why no NATS server at ``url`` (or at any of a comma-separated list) greets a client; None when
+    """Why no NATS server at ``url`` greets a client, in the words of the other failures; None when
     one does."""
-    reason = "no server"
-    for server in url.split(","):
-        server = server.strip()
-        try:
-            where = urlsplit(server if "://" in server else f"nats://{server}")
-            with socket.create_connection((where.hostname or "127.0.0.1", where.port or 4222), timeout) as s:
-                if s.recv(5) == b"INFO ":
-                    return None
-                reason = "not a NATS server"
-        except (OSError, ValueError) as exc:
-            reason = describe_failure(exc)
-    return reason
+    return embedded.nats_failure(url, timeout, describe_failure)
 
 
 async def wait_for_nats(url: str, report: SendReport) -> None:

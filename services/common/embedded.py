@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -126,15 +127,23 @@ class EmbeddedNats:
         self._release()
 
 
-def nats_answers(url: str, timeout: float = 1.0) -> bool:
-    """Whether a NATS server at ``url`` (or at one of a comma-separated list) greets a client."""
+def nats_failure(url: str, timeout: float = 1.0, describe: Callable[[Exception], str] = str) -> str | None:
+    """Why no NATS server at ``url`` (or at any of a comma-separated list) greets a client, as
+    ``describe`` words the last error; None when one does."""
+    reason = "no server"
     for server in url.split(","):
         server = server.strip()
         try:
             where = urlsplit(server if "://" in server else f"nats://{server}")
             with socket.create_connection((where.hostname or "127.0.0.1", where.port or 4222), timeout) as s:
                 if s.recv(5) == b"INFO ":
-                    return True
-        except (OSError, ValueError):
-            continue
-    return False
+                    return None
+                reason = "not a NATS server"
+        except (OSError, ValueError) as exc:
+            reason = describe(exc)
+    return reason
+
+
+def nats_answers(url: str, timeout: float = 1.0) -> bool:
+    """Whether a NATS server at ``url`` (or at one of a comma-separated list) greets a client."""
+    return nats_failure(url, timeout) is None
