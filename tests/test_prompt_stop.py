@@ -28,8 +28,10 @@ def stop_and_time(svc: Service) -> tuple[int, float]:
 
 
 def test_up_with_unreachable_nats_says_so_and_stops_at_once(tmp_path: Path, service: Callable[..., Service]) -> None:
-    url = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
-    up = service(["up", "--data-dir", str(tmp_path / "data"), "--http-port", "0", "--nats-url", url])
+    port = free_port()  # nothing listens there
+    given = f"nats://logmesh:s3cret-pw@127.0.0.1:{port}"
+    url = f"nats://logmesh:***@127.0.0.1:{port}"  # as the logs show it: no password in a log line
+    up = service(["up", "--data-dir", str(tmp_path / "data"), "--http-port", "0", "--nats-url", given])
     assert up.proc is not None
     pid = up.proc.pid
     wait_for(lambda: f"logmesh: waiting for NATS at {url}" in up.log(), 30, "up to say what it waits for")
@@ -46,6 +48,7 @@ def test_up_with_unreachable_nats_says_so_and_stops_at_once(tmp_path: Path, serv
         assert not Path(f"/proc/{sink}").exists(), "the sink outlived up"
     assert "killing it" not in up.log()
     assert f"stopped while waiting for NATS at {url}" in up.log()  # the sink's own words
+    assert "s3cret-pw" not in up.log()
 
 
 def test_sink_with_unreachable_nats_stops_at_once(tmp_path: Path, service: Callable[..., Service]) -> None:

@@ -22,6 +22,7 @@ from logmesh.cli.runner import Stopping, refuse, run
 from logmesh.cli.stack import Stack, UpSettings
 from logmesh.cli.workload import SendReport, describe_failure, make_workload, send_http
 from logmesh.common.claims import Refused
+from logmesh.common.jetstream import shown_url
 from logmesh.common.logs import setup_logging
 from logmesh.common.settings import (
     DataDirPath,
@@ -72,7 +73,7 @@ async def _ready_line(stack: Stack) -> str:
     s = stack.settings
     line = (
         f"logmesh is up: {stack.http_url}  (dashboard /, POST /publish, GET /stats /events /metrics)"
-        f"  NATS {stack.nats_url}  data {s.data_dir.resolve()}"
+        f"  NATS {shown_url(stack.nats_url)}  data {s.data_dir.resolve()}"
     )
     if s.metrics_port is not None:
         port = await stack.sink_metrics_port()

@@ -18,6 +18,7 @@ from logmesh.cli.sink_metrics import SinkMetricsRelay
 from logmesh.common.claims import DirLock, listen_socket, lock_data_dir
 from logmesh.common.embedded import EmbeddedNats, nats_answers
 from logmesh.common.http import Component, EmbeddedServer, bound_port, build_app
+from logmesh.common.jetstream import shown_url
 from logmesh.common.natsio import NatsIo
 from logmesh.common.processes import python_command, spawn, stop_process
 from logmesh.common.settings import (
@@ -148,7 +149,7 @@ class Stack:
 
     async def _waiting_for(self) -> str:
         if not await asyncio.to_thread(nats_answers, self.nats_url):
-            return f"NATS at {self.nats_url}"
+            return f"NATS at {shown_url(self.nats_url)}"
         checks: dict[str, Any] = {}
         for part in self._parts:
             checks.update(await part.readiness())

@@ -13,7 +13,7 @@ from nats.js.api import DeliverPolicy
 from pydantic import AfterValidator, Field
 
 from logmesh.cli.runner import run
-from logmesh.common.jetstream import LOG_SUBJECTS, close, connect, log_subject
+from logmesh.common.jetstream import LOG_SUBJECTS, close, connect, log_subject, shown_url
 from logmesh.common.logs import setup_logging
 from logmesh.common.model import check_topic
 from logmesh.common.reference_decoder import Rejected, decode_message
@@ -60,7 +60,7 @@ def tail_command(args: argparse.Namespace) -> int:
         sub = await nc.jetstream().subscribe(
             subject, stream=settings.stream, cb=show, ordered_consumer=True, deliver_policy=policy
         )
-        print(f"following {subject} on {settings.nats_url} (Ctrl+C to stop)", file=sys.stderr, flush=True)
+        print(f"following {subject} on {shown_url(settings.nats_url)} (Ctrl+C to stop)", file=sys.stderr, flush=True)
         waiting = [asyncio.create_task(stopping.wait()), asyncio.create_task(enough.wait())]
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         for task in waiting:

@@ -20,7 +20,7 @@ import orjson
 from nats.js.errors import NotFoundError
 from tqdm import tqdm
 
-from logmesh.common.jetstream import close, connect, log_subject
+from logmesh.common.jetstream import close, connect, log_subject, shown_url
 from logmesh.common.model import msg_id
 from logmesh.common.natsio import NatsIo
 from logmesh.common.publisher import AckedPublisher, Outgoing, Prepared
@@ -183,7 +183,9 @@ async def send_nats(
         await nc.jetstream().find_stream_name_by_subject(log_subject("any"))
     except NotFoundError:
         await nc.close()
-        raise Rejected(f"no JetStream stream at {nats_url} takes logs.>: start a logmesh service first") from None
+        raise Rejected(
+            f"no JetStream stream at {shown_url(nats_url)} takes logs.>: start a logmesh service first"
+        ) from None
     publisher = AckedPublisher(nc)
     await publisher.start()
     # Wire commands are built before the clock starts, as any load generator would.
@@ -219,7 +221,7 @@ async def send_nats(
                 delay = min(delay * 2, 5.0)
 
     try:
-        await asyncio.gather(*(worker() for _ in range(clients)))
+        await _all_or_none([worker() for _ in range(clients)])
     finally:
         progress.close()
         await publisher.stop()

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Literal, overload
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client
@@ -46,6 +47,21 @@ def log_subject(topic: str) -> str:
     return LOG_SUBJECT_PREFIX + topic
 
 
+def shown_url(url: str) -> str:
+    """A NATS URL (or comma-separated list) fit for a log line: a password or token in it is
+    replaced, so credentials given in the URL never reach the logs."""
+    shown = []
+    for server in url.split(","):
+        parts = urlsplit(server.strip())
+        if "@" not in parts.netloc:
+            shown.append(server.strip())
+            continue
+        user = f"{parts.username}:***" if parts.password is not None else "***"
+        host = parts.netloc.rpartition("@")[2]
+        shown.append(urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment)))
+    return ",".join(shown)
+
+
 class StoppedWaiting(ConnectionError):
     """A stop was requested before NATS answered."""
 
@@ -75,7 +91,7 @@ async def connect(url: str, name: str, *, io: NatsIo = "fast", stopping: asyncio
         if connected:
             log.warning("NATS error (%s): %s", name, exc or type(exc).__name__)
         elif not warned:  # nats-py retries the first connection by itself: say it once
-            log.warning("waiting for NATS at %s: %s", url, exc or type(exc).__name__)
+            log.warning("waiting for NATS at %s: %s", shown_url(url), exc or type(exc).__name__)
             warned = True
 
     while True:
@@ -106,15 +122,15 @@ async def connect(url: str, name: str, *, io: NatsIo = "fast", stopping: asyncio
             )
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             if not warned:
-                log.warning("waiting for NATS at %s: %s", url, exc or type(exc).__name__)
+                log.warning("waiting for NATS at %s: %s", shown_url(url), exc or type(exc).__name__)
                 warned = True
         else:
             if not abandoned:
                 connected = True
-                log.info("%s connected to %s (%s NATS path)", name, url, io)
+                log.info("%s connected to %s (%s NATS path)", name, shown_url(url), io)
                 return nc
         if stopping is not None and stopping.is_set():
-            raise StoppedWaiting(f"stopped while waiting for NATS at {url}")
+            raise StoppedWaiting(f"stopped while waiting for NATS at {shown_url(url)}")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
 
