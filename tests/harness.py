@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -144,8 +145,12 @@ class Up:
     def settled_stats(self, arrived: int | None = None, timeout: float = 30) -> dict[str, Any]:
         """Stats once the sink has committed and acked everything in the stream."""
 
+        asked_at = time.time()
+
         def settled() -> dict[str, Any] | None:
             s = self.stats()
+            if s["as_of"] <= asked_at:
+                return None  # a snapshot from before the call (at most a second old): it may lag
             consumer = s.get("consumer") or {}
             done = consumer.get("pending") == 0 and consumer.get("ack_pending") == 0
             if done and (arrived is None or s["arrived"] == arrived):
