@@ -4,6 +4,8 @@ NATS paths against a real nats-server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -64,13 +66,23 @@ async def receipts(nc: Client) -> list[dict[str, Any]]:
     return found
 
 
+@contextlib.asynccontextmanager
+async def started_publisher(url: str, io: NatsIo) -> AsyncIterator[tuple[Client, AckedPublisher]]:
+    """A connection on the given NATS path, the stream declared, and an acked publisher on it."""
+    nc = await connect(url, "test", io=io)
+    await ensure_stream(nc.jetstream(), ServiceSettings())
+    publisher = AckedPublisher(nc)
+    await publisher.start()
+    try:
+        yield nc, publisher
+    finally:
+        await publisher.stop()
+        await close(nc)
+
+
 def test_a_batch_with_duplicates_is_followed_by_its_receipt(nats_server: NatsServer, nats_io: NatsIo) -> None:
     async def run() -> None:
-        nc = await connect(nats_server.url, "test", io=nats_io)
-        await ensure_stream(nc.jetstream(), ServiceSettings())
-        publisher = AckedPublisher(nc)
-        await publisher.start()
-        try:
+        async with started_publisher(nats_server.url, nats_io) as (nc, publisher):
             first = events("a/1", "a/2", "b/1", "a/1")
             outcome = await publisher.publish_counted(publisher.prepare(first), ["a", "a", "b", "a"], 10)
             assert outcome.batch.results == [STORED, STORED, STORED, DUPLICATE]
@@ -83,28 +95,18 @@ def test_a_batch_with_duplicates_is_followed_by_its_receipt(nats_server: NatsSer
             again = await publisher.publish_counted(publisher.prepare(first), ["a", "a", "b", "a"], 10)
             assert again.batch.results == [DUPLICATE] * 4 and again.complete
             assert [r["window_duplicates"] for r in await receipts(nc)] == [{"a": 1}, {"a": 3, "b": 1}]
-        finally:
-            await publisher.stop()
-            await close(nc)
 
     asyncio.run(run())
 
 
 def test_a_batch_no_stream_takes_is_not_complete_and_says_why(nats_server: NatsServer, nats_io: NatsIo) -> None:
     async def run() -> None:
-        nc = await connect(nats_server.url, "test", io=nats_io)
-        await ensure_stream(nc.jetstream(), ServiceSettings())
-        publisher = AckedPublisher(nc)
-        await publisher.start()
-        try:
+        async with started_publisher(nats_server.url, nats_io) as (_, publisher):
             batch = [*events("a/1"), Outgoing("elsewhere.x", b"{}", "x:1")]
             outcome = await publisher.publish_counted(publisher.prepare(batch), ["a", "x"], 10)
             assert outcome.batch.results == [STORED, "status 503"]
             assert not outcome.complete
             assert outcome.problem(10) == "JetStream did not store every event (status 503)"
-        finally:
-            await publisher.stop()
-            await close(nc)
 
     asyncio.run(run())
 

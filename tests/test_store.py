@@ -15,10 +15,7 @@ from logmesh.common.wire import WireMsg
 from logmesh.sink.decoding import BatchDecoder, ReferenceDecoder, refuse
 from logmesh.sink.sql_decoder import SqlDecoder
 from logmesh.sink.store import CommitResult, Store
-
-
-def reply(seq: int) -> bytes:
-    return b"$JS.ACK.LOGS.sink.1.%d.%d.1763805600000000000.0" % (seq, seq)
+from tests.stream_messages import reply
 
 
 def message(seq: int, event_id: str) -> WireMsg:
