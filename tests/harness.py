@@ -19,7 +19,9 @@ from nats.aio.client import Client
 from logmesh.bench import truth
 from logmesh.common.embedded import EmbeddedNats
 from logmesh.common.jetstream import ensure_stream
+from logmesh.common.nats_roles import password_secret
 from logmesh.common.processes import free_port, kill_process, python_command, spawn, stop_process_sync
+from logmesh.common.secrets_store import read_secret
 from logmesh.common.settings import ServiceSettings
 from logmesh.common.waiting import wait_until
 
@@ -110,7 +112,14 @@ class Up:
 
     @property
     def nats_url(self) -> str:
-        return f"nats://127.0.0.1:{self.nats_port}"
+        """The embedded server's URL, as its admin user when authorization is on: the tests look
+        at and break what they need to."""
+        password = self.secret(password_secret("admin"))
+        user = f"admin:{password}@" if password else ""
+        return f"nats://{user}127.0.0.1:{self.nats_port}"
+
+    def secret(self, name: str) -> str | None:
+        return read_secret(self.data_dir, name)
 
     def start(self) -> Up:
         self.service.start()

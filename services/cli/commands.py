@@ -14,6 +14,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field
 
+from logmesh.cli.access import QueryTokenGiven, bearer, query_token
 from logmesh.cli.delivery import deliver
 from logmesh.cli.observe import render_stats, wait_until_drained
 from logmesh.cli.publish import PublishSettings, WorkloadSettings, report_delivery
@@ -30,7 +31,6 @@ from logmesh.common.settings import (
     HttpListen,
     HttpUrl,
     ListenPort,
-    LogmeshSettings,
     NatsPort,
     add_command,
     settings_from_args,
@@ -181,7 +181,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     add_command(commands, "stats", StatsSettings, stats_command, "print the counters as a table")
 
 
-class StatsSettings(LogmeshSettings):
+class StatsSettings(QueryTokenGiven):
     url: HttpUrl = Field("http://127.0.0.1:8080", description="query service URL")
     raw: bool = Field(False, description="print the JSON as the query service answers it, not a table")
 
@@ -189,7 +189,7 @@ class StatsSettings(LogmeshSettings):
 def stats_command(args: argparse.Namespace) -> int:
     settings = settings_from_args(StatsSettings, args)
     try:
-        stats = httpx.get(settings.url.rstrip("/") + "/stats", timeout=10)
+        stats = httpx.get(settings.url.rstrip("/") + "/stats", headers=bearer(query_token(settings)), timeout=10)
     except httpx.HTTPError as exc:
         print(f"logmesh stats: cannot reach {settings.url}: {describe_failure(exc)}", file=sys.stderr)
         return 1

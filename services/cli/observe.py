@@ -6,14 +6,15 @@ from typing import Any
 
 import httpx
 
+from logmesh.cli.access import bearer
 from logmesh.common.waiting import WaitTimeout, wait_until_async
 
 
-async def get_stats(url: str, client: httpx.AsyncClient | None = None) -> dict[str, Any]:
+async def get_stats(url: str, client: httpx.AsyncClient | None = None, *, token: str | None = None) -> dict[str, Any]:
     if client is None:
         async with httpx.AsyncClient(timeout=10) as own:
-            return await get_stats(url, own)
-    resp = await client.get(url.rstrip("/") + "/stats")
+            return await get_stats(url, own, token=token)
+    resp = await client.get(url.rstrip("/") + "/stats", headers=bearer(token))
     resp.raise_for_status()
     result: dict[str, Any] = resp.json()
     return result
@@ -25,15 +26,17 @@ def drained(stats: dict[str, Any]) -> bool:
     return bool(consumer) and consumer["pending"] == 0 and consumer["ack_pending"] == 0
 
 
-async def wait_until_drained(url: str, timeout: float, *, at_least: int = 0) -> dict[str, Any]:
-    """Polls ``/stats`` until the sink has processed everything in the stream (and at least
-    ``at_least`` events arrived), or raises ``TimeoutError`` with the last figures."""
+async def wait_until_drained(
+    url: str, timeout: float, *, at_least: int = 0, token: str | None = None
+) -> dict[str, Any]:
+    """Polls ``/stats`` (with the read ``token``) until the sink has processed everything in the
+    stream (and at least ``at_least`` events arrived), or raises ``TimeoutError`` with the last figures."""
     last: dict[str, Any] = {}
     async with httpx.AsyncClient(timeout=10) as client:
 
         async def caught_up() -> dict[str, Any] | None:
             nonlocal last
-            last = await get_stats(url, client)
+            last = await get_stats(url, client, token=token)
             return last if drained(last) and last["arrived"] >= at_least else None
 
         try:

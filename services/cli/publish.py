@@ -8,12 +8,13 @@ import sys
 
 from pydantic import Field, model_validator
 
+from logmesh.cli.access import IngestTokenGiven, ingest_token, nats_credentials
 from logmesh.cli.delivery import Delivery, OncePerMessage, deliver, wait_for_nats
 from logmesh.cli.runner import Stopping, run
 from logmesh.cli.workload import Rejected, SendReport, Workload, make_workload, send_http, send_nats
 from logmesh.common.logs import setup_logging
 from logmesh.common.natsio import NatsIo
-from logmesh.common.settings import HttpUrl, Logging, add_command, settings_from_args
+from logmesh.common.settings import HttpUrl, Logging, NatsAuth, add_command, settings_from_args
 
 
 class WorkloadSettings(Logging):
@@ -25,7 +26,7 @@ class WorkloadSettings(Logging):
     run_id: str | None = Field(None, description="event id prefix; reuse one to send the same events again")
 
 
-class PublishSettings(WorkloadSettings):
+class PublishSettings(WorkloadSettings, IngestTokenGiven, NatsAuth):
     url: HttpUrl | None = Field(None, description="publish over HTTP to this ingest URL")
     nats_url: str | None = Field(None, description="publish straight into JetStream at this NATS URL")
     nats_io: NatsIo = Field("fast", description="NATS publishing path: 'fast' or 'plain'")
@@ -51,13 +52,21 @@ def publish_command(args: argparse.Namespace) -> int:
 
     async def over_http(report: SendReport) -> SendReport:
         assert settings.url is not None
-        return await send_http(settings.url, batches, settings.clients, show_progress=show, report=report)
+        return await send_http(
+            settings.url, batches, settings.clients, show_progress=show, report=report, token=ingest_token(settings)
+        )
 
     async def over_nats(report: SendReport) -> SendReport:
         assert settings.nats_url is not None
         await wait_for_nats(settings.nats_url, report)
         return await send_nats(
-            settings.nats_url, batches, settings.clients, show_progress=show, report=report, nats_io=settings.nats_io
+            settings.nats_url,
+            batches,
+            settings.clients,
+            show_progress=show,
+            report=report,
+            nats_io=settings.nats_io,
+            credentials=nats_credentials(settings, settings.data_dir, "ingest"),
         )
 
     target = settings.url or settings.nats_url or ""

@@ -10,22 +10,27 @@ import subprocess
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from pydantic import Field
+from pydantic import Field, SecretStr
 from starlette.applications import Starlette
 
 from logmesh.cli.runner import start_server, stop_server
 from logmesh.cli.sink_metrics import SinkMetricsRelay
+from logmesh.cli.up_secrets import UpAuth, UpSecrets
 from logmesh.common.claims import DirLock, listen_socket, lock_data_dir
 from logmesh.common.embedded import EmbeddedNats, nats_answers
 from logmesh.common.http import Component, EmbeddedServer, bound_port, build_app
-from logmesh.common.jetstream import shown_url
+from logmesh.common.jetstream import close, connect, shown_url, wait_for_stream
+from logmesh.common.nats_credentials import NatsCredentials
+from logmesh.common.nats_roles import Role
 from logmesh.common.natsio import NatsIo
-from logmesh.common.processes import python_command, spawn, stop_process
+from logmesh.common.processes import environment, python_command, spawn, stop_process
+from logmesh.common.secrets_store import INGEST_TOKEN, MSG_ID_KEY, QUERY_TOKEN
 from logmesh.common.settings import (
     CommonSettings,
     DataDir,
     EmbeddedNatsPort,
     HttpListen,
+    NatsAuth,
     Port,
     flag_name,
 )
@@ -37,9 +42,19 @@ from logmesh.query.settings import QuerySettings
 
 log = logging.getLogger("logmesh")
 
+SINK_CONSUMER = "sink"  # the durable consumer of the sink ``up`` starts (its default)
 
-class UpSettings(CommonSettings, DataDir, HttpListen, EmbeddedNatsPort):
-    nats_url: str | None = Field(None, description="use this NATS server instead of starting one")
+
+class UpSettings(CommonSettings, DataDir, HttpListen, EmbeddedNatsPort, UpSecrets, NatsAuth):
+    nats_url: str | None = Field(
+        None,
+        description="use this NATS server instead of starting one (every part connects with the --nats-user, "
+        "--nats-creds or URL credentials given)",
+    )
+    # Until the HTTP side takes them from HttpListen.
+    no_auth: bool = Field(False, description="turn authentication off: a throwaway local run only")
+    ingest_token: SecretStr | None = Field(None, description="ingest token")
+    query_token: SecretStr | None = Field(None, description="query token")
     nats_io: NatsIo = Field("fast", description="hot NATS paths of the sink and ingest: 'fast' or 'plain'")
     # The sink's metrics are in GET /metrics on the HTTP port; a port of their own only on request,
     # so that two ups on one machine never contend for one.
@@ -84,6 +99,7 @@ class Stack:
         self._serving: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
+        self.auth = UpAuth(None)
 
     def _common(self) -> dict[str, Any]:
         return {name: getattr(self.settings, name) for name in CommonSettings.model_fields}
@@ -94,7 +110,6 @@ class Stack:
             "metrics_host": self.settings.sink_metrics_host,
             "metrics_port": self.settings.metrics_port or 0,
             "log_level": self.sink_log_level,
-            "nats_url": self.nats_url,
             "nats_io": self.settings.nats_io,
             "data_dir": self.settings.data_dir,
         }
@@ -103,16 +118,41 @@ class Stack:
             args += [flag_name(name), str(value)]
         return python_command(*args)
 
+    def credentials(self, role: Role) -> NatsCredentials:
+        """Who the part in ``role`` connects as: its own user on the embedded server; on a server
+        of the operator's (``--nats-url``), the credentials given."""
+        if self.settings.nats_url:
+            return NatsCredentials.from_settings(self.settings, role)
+        return self.auth.credentials(role)
+
+    def sink_env(self) -> dict[str, str]:
+        # The URL may hold credentials: like the password, it goes by environment, not on the argv.
+        env = {k: v for k, v in environment({}).items() if not k.startswith("LOGMESH_NATS_")}
+        return {**env, "LOGMESH_NATS_URL": self.nats_url, **self.credentials("sink").env()}
+
     async def start(self) -> None:
         """Claims the data directory and the HTTP port before starting anything (``claims.Refused``
         when either is taken), then starts NATS, the sink and HTTP."""
         s = self.settings
         self._claim = lock_data_dir(s.data_dir, self.command)
         self._listener = listen_socket(s.host, s.http_port, "--http-port")
+        if s.no_auth:
+            log.warning(
+                "authentication is OFF (--no-auth): anyone who can reach the HTTP port or NATS can publish, "
+                "read and delete everything"
+            )
+        self.auth = UpAuth.prepare(s, s.data_dir, enabled=not s.no_auth)
         if not s.nats_url:
-            self.nats = EmbeddedNats(s.data_dir / "nats", port=s.nats_port, owner=self.command)
+            self.nats = EmbeddedNats(
+                s.data_dir / "nats",
+                port=s.nats_port,
+                owner=self.command,
+                config=self.auth.server_config(s.stream, SINK_CONSUMER),
+                env=self.auth.server_env(),
+            )
             await self.nats.start()
             self.nats_url = self.nats.url
+            await self._declare_stream()
         self._start_sink()
         self._supervisor = asyncio.create_task(self._supervise_sink())
         http = {
@@ -120,13 +160,36 @@ class Stack:
             "nats_io": s.nats_io,
             "host": s.host,
             "http_port": s.http_port,
+            "no_auth": s.no_auth,
+            "ingest_token": self.auth.get(INGEST_TOKEN) or s.ingest_token,
+            "query_token": self.auth.get(QUERY_TOKEN) or s.query_token,
             **self._common(),
         }
-        self._parts, self._sink_metrics, app = _components(
-            IngestSettings(**http), QuerySettings(**http), s.sink_metrics_host
-        )
+        ingest = IngestSettings(**http, **self._nats_fields("ingest"), msg_id_key=self.auth.get(MSG_ID_KEY))
+        query = QuerySettings(**http, **self._nats_fields("query"))
+        self._parts, self._sink_metrics, app = _components(ingest, query, s.sink_metrics_host)
         self._server, self._serving = await start_server(app, self._listener)
         self.http_url = f"http://{s.host}:{bound_port(self._server)}"
+
+    def _nats_fields(self, role: Role) -> dict[str, Any]:
+        c = self.credentials(role)
+        return {
+            "nats_user": c.user,
+            "nats_password": c.password,
+            "nats_creds": c.creds,
+            "nats_tls_ca": c.tls_ca,
+            "nats_tls_cert": c.tls_cert,
+            "nats_tls_key": c.tls_key,
+        }
+
+    async def _declare_stream(self) -> None:
+        """As the admin user, the only one that may change the stream: creates it, or applies a
+        changed shape (``--max-age``, ...), before any service starts."""
+        nc = await connect(self.nats_url, "logmesh-up", io="plain", credentials=self.credentials("admin"))
+        try:
+            await wait_for_stream(nc.jetstream(), CommonSettings(**self._common()))
+        finally:
+            await close(nc)
 
     async def sink_metrics_port(self) -> int | None:
         """The port the sink serves its own metrics on, as it says; None if it serves none."""
@@ -158,7 +221,7 @@ class Stack:
     def _start_sink(self) -> None:
         # The sink gets the data directory's claim too: should this process die first, the claim
         # lasts until the sink has finished its batch and exited.
-        self.sink = spawn(self.sink_command(), pass_fds=[self._claim.fd] if self._claim else [])
+        self.sink = spawn(self.sink_command(), env=self.sink_env(), pass_fds=[self._claim.fd] if self._claim else [])
 
     async def _supervise_sink(self) -> None:
         """Restarts the sink if it dies: it resumes from its store and JetStream redelivers the rest."""

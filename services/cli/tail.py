@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from pydantic import AfterValidator, Field
 
+from logmesh.cli.access import SecretsDir, nats_credentials
 from logmesh.cli.runner import run
 from logmesh.common.jetstream import LOG_SUBJECTS, close, connect, log_subject, shown_url
 from logmesh.common.logs import setup_logging
@@ -21,7 +22,7 @@ from logmesh.common.settings import Logging, NatsServer, StreamName, add_command
 from logmesh.common.wire import Delivery
 
 
-class TailSettings(StreamName, Logging, NatsServer):
+class TailSettings(StreamName, Logging, NatsServer, SecretsDir):
     topic: Annotated[str, AfterValidator(check_topic)] | None = Field(
         None, description="only this topic (all topics when left out)"
     )
@@ -44,7 +45,9 @@ def tail_command(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level, settings.log_format)
 
     async def main(stopping: asyncio.Event) -> int:
-        nc = await connect(settings.nats_url, "logmesh-tail", stopping=stopping)
+        # An ordered consumer is one the tail creates: the admin user's right (``nats_roles``).
+        credentials = nats_credentials(settings, settings.data_dir, "admin")
+        nc = await connect(settings.nats_url, "logmesh-tail", stopping=stopping, credentials=credentials)
         shown = 0
         enough = asyncio.Event()
 

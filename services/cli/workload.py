@@ -20,8 +20,10 @@ import orjson
 from nats.js.errors import NotFoundError
 from tqdm import tqdm
 
+from logmesh.cli.access import bearer
 from logmesh.common.jetstream import close, connect, log_subject, shown_url
 from logmesh.common.model import msg_id
+from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.natsio import NatsIo
 from logmesh.common.publisher import AckedPublisher, Outgoing, Prepared
 
@@ -106,9 +108,11 @@ async def send_http(
     *,
     show_progress: bool = True,
     report: SendReport | None = None,
+    token: str | None = None,
 ) -> SendReport:
     """POSTs the batches from ``clients`` concurrent senders, retrying each until it is accepted
-    (for ever: the caller bounds the time, see ``logmesh.cli.delivery``)."""
+    (for ever: the caller bounds the time, see ``logmesh.cli.delivery``); ``token``: the ingest
+    token."""
     bodies = [(orjson.dumps(list(b)), len(b)) for b in batches]
     report = report if report is not None else SendReport()
     queue: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
@@ -117,7 +121,8 @@ async def send_http(
     progress = _progress(sum(n for _, n in bodies), show_progress, "publish (HTTP)")
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     report.first_send = time.time()
-    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=60, limits=limits) as client:
+    headers = {"content-type": "application/json", **bearer(token)}
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=60, limits=limits, headers=headers) as client:
 
         async def worker() -> None:
             while not queue.empty():
@@ -125,7 +130,7 @@ async def send_http(
                 delay = 0.2
                 while True:
                     try:
-                        resp = await client.post("/publish", content=body, headers={"content-type": "application/json"})
+                        resp = await client.post("/publish", content=body)
                     except httpx.TransportError as exc:
                         report.errors.append(describe_failure(exc))
                     else:
@@ -170,21 +175,30 @@ async def send_nats(
     show_progress: bool = True,
     nats_io: NatsIo = "fast",
     report: SendReport | None = None,
+    credentials: NatsCredentials | None = None,
+    stream: str = "LOGS",
 ) -> SendReport:
-    """Publishes with JetStream acks (and a receipt for the duplicates, as ingest does)."""
+    """Publishes with JetStream acks (and a receipt for the duplicates, as ingest does: so it needs
+    the ingest user's permissions, ``credentials``)."""
     report = report if report is not None else SendReport()
     batches_out = [
         [Outgoing(log_subject(e["topic"]), orjson.dumps(e), msg_id(e["topic"], e["event_id"])) for e in batch]
         for batch in batches
     ]
     topics = [[e["topic"] for e in batch] for batch in batches]
-    nc = await connect(nats_url, "logmesh-publish", io=nats_io)
+    nc = await connect(nats_url, "logmesh-publish", io=nats_io, credentials=credentials)
     try:
-        await nc.jetstream().find_stream_name_by_subject(log_subject("any"))
+        await nc.jetstream().stream_info(stream)
     except NotFoundError:
         await nc.close()
         raise Rejected(
-            f"no JetStream stream at {shown_url(nats_url)} takes logs.>: start a logmesh service first"
+            f"no JetStream stream {stream} at {shown_url(nats_url)}: start a logmesh service first"
+        ) from None
+    except TimeoutError:  # a user without the ingest role's permissions gets no answer
+        await nc.close()
+        raise Rejected(
+            f"no answer about stream {stream} at {shown_url(nats_url)}: publishing with receipts needs the "
+            "ingest user (--nats-user ingest, or --data-dir of logmesh up)"
         ) from None
     publisher = AckedPublisher(nc)
     await publisher.start()

@@ -8,9 +8,10 @@ server, so no second server ever opens the same JetStream store.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,13 +28,27 @@ from logmesh.common.waiting import WaitTimeout, wait_until, wait_until_async
 
 
 class EmbeddedNats:
-    def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int = 4222, owner: str = "logmesh") -> None:
-        """``port`` 0 picks a free one; ``owner`` names who runs it, for a refused claim."""
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 4222,
+        owner: str = "logmesh",
+        config: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``port`` 0 picks a free one; ``owner`` names who runs it, for a refused claim. ``config``:
+        more nats-server configuration (the users and their permissions), whose variables the
+        server reads from ``env`` (the passwords: they are never written to a file)."""
         self.store_dir = store_dir
         self.host = host
         self.port = port or free_port(host)
         self.owner = owner
         self.log_path = store_dir / "nats-server.log"
+        self.config_path = store_dir / "nats-server.conf" if config is not None else None
+        self._config = config
+        self._env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self._lock: DirLock | None = None
 
@@ -42,8 +57,10 @@ class EmbeddedNats:
         return f"nats://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
+        configured = ["--config", str(self.config_path)] if self.config_path is not None else []
         return [
             nats_server_binary(),
+            *configured,
             "--jetstream",
             "--store_dir",
             str(self.store_dir),
@@ -64,8 +81,15 @@ class EmbeddedNats:
                 f"port {self.port} is in use: stop what runs there, pick another with --nats-port, or use "
                 "that server with --nats-url"
             )
+        if self.config_path is not None and self._config is not None:
+            self.store_dir.mkdir(parents=True, exist_ok=True)
+            self.config_path.write_text(self._config)
         self.process = spawn(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=[self._lock.fd]
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=[self._lock.fd],
+            env={**os.environ, **self._env} if self._env else None,
         )
 
     def _answers(self) -> bool:

@@ -24,27 +24,45 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
+from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.natsio import NatsIo
 from logmesh.common.settings import CommonSettings
+from logmesh.common.subjects import (
+    LOG_SUBJECT_PREFIX,
+    LOG_SUBJECTS,
+    MSG_ID_HEADER,
+    QUERY_SUBJECT_PREFIX,
+    RECEIPT_SUBJECT,
+    SINK_SERVICE_NAME,
+    SOURCE_HEADER,
+    log_subject,
+)
 
 if TYPE_CHECKING:
     from logmesh.common.fastnats import FastClient
 
+__all__ = [
+    "LOG_SUBJECTS",
+    "LOG_SUBJECT_PREFIX",
+    "MSG_ID_HEADER",
+    "QUERY_SUBJECT_PREFIX",
+    "RECEIPT_SUBJECT",
+    "SINK_SERVICE_NAME",
+    "SOURCE_HEADER",
+    "ConsumerInTheWay",
+    "NatsLink",
+    "StoppedWaiting",
+    "close",
+    "connect",
+    "ensure_consumer",
+    "ensure_stream",
+    "log_subject",
+    "shown_url",
+    "stream_config",
+    "wait_for_stream",
+]
+
 log = logging.getLogger("logmesh.nats")
-
-LOG_SUBJECT_PREFIX = "logs."
-LOG_SUBJECTS = "logs.>"
-# Ingest and the load generator tell the sink here how many publishes JetStream dropped as duplicates.
-RECEIPT_SUBJECT = "logmesh.receipts"
-# The sink answers queries over its own DuckDB connection on these subjects.
-QUERY_SUBJECT_PREFIX = "logmesh.query"
-SINK_SERVICE_NAME = "logmesh-sink"
-MSG_ID_HEADER = "Nats-Msg-Id"
-SOURCE_HEADER = "Logmesh-Source"
-
-
-def log_subject(topic: str) -> str:
-    return LOG_SUBJECT_PREFIX + topic
 
 
 def shown_url(url: str) -> str:
@@ -68,31 +86,66 @@ class StoppedWaiting(ConnectionError):
 
 @overload
 async def connect(
-    url: str, name: str, *, io: Literal["fast"] = "fast", stopping: asyncio.Event | None = None
+    url: str,
+    name: str,
+    *,
+    io: Literal["fast"] = "fast",
+    stopping: asyncio.Event | None = None,
+    credentials: NatsCredentials | None = None,
 ) -> FastClient: ...
 
 
 @overload
-async def connect(url: str, name: str, *, io: NatsIo, stopping: asyncio.Event | None = None) -> Client: ...
+async def connect(
+    url: str,
+    name: str,
+    *,
+    io: NatsIo,
+    stopping: asyncio.Event | None = None,
+    credentials: NatsCredentials | None = None,
+) -> Client: ...
 
 
-async def connect(url: str, name: str, *, io: NatsIo = "fast", stopping: asyncio.Event | None = None) -> Client:
+async def connect(
+    url: str,
+    name: str,
+    *,
+    io: NatsIo = "fast",
+    stopping: asyncio.Event | None = None,
+    credentials: NatsCredentials | None = None,
+) -> Client:
     """Connects, retrying until the server answers, so services may start in any order; gives up with
     ``StoppedWaiting`` as soon as ``stopping`` is set. Once connected, the client reconnects by itself
     for ever. ``io`` picks the hot paths' implementation (see ``natsio``): the fast client, or an
-    ordinary nats-py one."""
+    ordinary nats-py one. ``credentials``: who connects (user, TLS, inbox prefix)."""
     make_client = _client_class(io)
+    credentials = credentials or NatsCredentials()
+    options = credentials.connect_options()
     delay = 0.1
     warned = False
     connected = False
 
-    async def on_error(exc: Exception) -> None:
+    def waiting(exc: BaseException) -> None:
         nonlocal warned
+        if warned:
+            return
+        warned = True
+        text = str(exc) or type(exc).__name__
+        if "authorization violation" in text.lower() or "authentication" in text.lower():
+            log.error(
+                "NATS at %s refused %s (%s): check the user and password or the credentials file; retrying",
+                shown_url(url),
+                credentials.shown(),
+                text,
+            )
+        else:
+            log.warning("waiting for NATS at %s: %s", shown_url(url), text)
+
+    async def on_error(exc: Exception) -> None:
         if connected:
             log.warning("NATS error (%s): %s", name, exc or type(exc).__name__)
-        elif not warned:  # nats-py retries the first connection by itself: say it once
-            log.warning("waiting for NATS at %s: %s", shown_url(url), exc or type(exc).__name__)
-            warned = True
+        else:  # nats-py retries the first connection by itself: say it once
+            waiting(exc)
 
     while True:
         nc = make_client()
@@ -116,14 +169,13 @@ async def connect(url: str, name: str, *, io: NatsIo = "fast", stopping: asyncio
                     error_cb=on_error,
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
+                    **options,
                 ),
                 stopping,
                 nc,
             )
         except (OSError, TimeoutError, nats.errors.Error) as exc:
-            if not warned:
-                log.warning("waiting for NATS at %s: %s", shown_url(url), exc or type(exc).__name__)
-                warned = True
+            waiting(exc)
         else:
             if not abandoned:
                 connected = True
@@ -194,8 +246,9 @@ class NatsLink:
         on_connect: Callable[[Client], Awaitable[None]] | None = None,
         *,
         io: NatsIo = "fast",
+        credentials: NatsCredentials | None = None,
     ) -> None:
-        self.url, self.name, self.io = url, name, io
+        self.url, self.name, self.io, self.credentials = url, name, io, credentials
         self.nc: Client | None = None
         self._on_connect = on_connect
         self._connecting: asyncio.Task[None] | None = None
@@ -205,7 +258,7 @@ class NatsLink:
         self._connecting = asyncio.create_task(self._connect())
 
     async def _connect(self) -> None:
-        nc = await connect(self.url, self.name, io=self.io, stopping=self._stopping)
+        nc = await connect(self.url, self.name, io=self.io, stopping=self._stopping, credentials=self.credentials)
         if self._on_connect is not None:
             await self._on_connect(nc)
         self.nc = nc
@@ -241,12 +294,18 @@ def stream_config(settings: CommonSettings) -> StreamConfig:
 _OWNED_FIELDS = ("subjects", "duplicate_window", "max_age", "max_bytes", "discard", "num_replicas")
 
 
-def _differs(have: StreamConfig, want: StreamConfig) -> bool:
-    return any(getattr(have, f) != getattr(want, f) for f in _OWNED_FIELDS)
+def _differences(have: StreamConfig, want: StreamConfig) -> list[str]:
+    return [
+        f"{f} {getattr(have, f)} (configured {getattr(want, f)})"
+        for f in _OWNED_FIELDS
+        if getattr(have, f) != getattr(want, f)
+    ]
 
 
-async def ensure_stream(js: JetStreamContext, settings: CommonSettings) -> StreamInfo:
-    """Creates the stream, or updates the settings logmesh owns if they changed."""
+async def ensure_stream(js: JetStreamContext, settings: CommonSettings, *, may_update: bool = True) -> StreamInfo:
+    """Creates the stream, or updates the settings logmesh owns if they changed. A service may only
+    create it (``nats_roles``): with ``may_update`` False a stream of another shape is left as it is,
+    and the log says what differs and who may change it."""
     if settings.duplicate_window > settings.max_age:
         raise ValueError("duplicate_window must not be longer than max_age")
     want = stream_config(settings)
@@ -258,9 +317,17 @@ async def ensure_stream(js: JetStreamContext, settings: CommonSettings) -> Strea
         except BadRequestError:
             # Another service created it first, perhaps with other settings: fall through to compare.
             info = await js.stream_info(settings.stream)
-    if _differs(info.config, want):
-        log.info("updating stream %s to the configured settings", settings.stream)
+    differences = _differences(info.config, want)
+    if differences and may_update:
+        log.info("updating stream %s to the configured settings: %s", settings.stream, "; ".join(differences))
         info = await js.update_stream(want)
+    elif differences:
+        log.warning(
+            "stream %s differs from this service's settings (%s); only the admin user may change it "
+            "(logmesh up does at start): running with the stream as it is",
+            settings.stream,
+            "; ".join(differences),
+        )
     return info
 
 
@@ -292,20 +359,34 @@ async def ensure_consumer(
         except NotFoundError:
             raise exc from None  # no consumer in the way: creating one is refused (a limit, ...)
         log.warning("consumer %s cannot be updated (%s); replacing it", name, exc.description)
-        await js.delete_consumer(stream, name)
+        try:
+            await js.delete_consumer(stream, name)
+        except TimeoutError:  # a denied request gets no answer: only the admin user may delete
+            raise ConsumerInTheWay(
+                f"consumer {name} on stream {stream} has settings that cannot be updated ({exc.description}) "
+                f"and this user may not delete it: delete it as the admin user (nats consumer rm {stream} {name})"
+            ) from None
         return await js.add_consumer(stream, config)
 
 
+class ConsumerInTheWay(RuntimeError):
+    """The durable consumer must be replaced, and only the admin user may delete it."""
+
+
 async def wait_for_stream(
-    js: JetStreamContext, settings: CommonSettings, *, stopping: asyncio.Event | None = None
+    js: JetStreamContext,
+    settings: CommonSettings,
+    *,
+    stopping: asyncio.Event | None = None,
+    may_update: bool = True,
 ) -> StreamInfo:
-    """Declares the stream, retrying while JetStream is not ready yet (server just started, no quorum);
-    gives up with ``StoppedWaiting`` as soon as ``stopping`` is set."""
+    """Declares the stream (see :func:`ensure_stream`), retrying while JetStream is not ready yet
+    (server just started, no quorum); gives up with ``StoppedWaiting`` as soon as ``stopping`` is set."""
     delay = 0.1
     warned = False
     while True:
         try:
-            return await ensure_stream(js, settings)
+            return await ensure_stream(js, settings, may_update=may_update)
         except (TimeoutError, nats.errors.Error, nats.js.errors.ServiceUnavailableError) as exc:
             if not warned:
                 log.warning("waiting for JetStream (%s)", exc or type(exc).__name__)

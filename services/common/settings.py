@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from logmesh.common.flags import SettingsError, allowed, choices, explain, flag_name, readable
@@ -95,7 +95,38 @@ class SinkMetricsPort(LogmeshSettings):
     metrics_port: Port = Field(9464, description="port of the sink's Prometheus endpoint (0 picks a free one)")
 
 
-class NatsServer(LogmeshSettings):
+def _readable_file(path: Path) -> Path:
+    if not path.is_file():
+        raise ValueError(f"{path} is not a readable file")
+    return path
+
+
+ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
+
+
+class NatsAuth(LogmeshSettings):
+    """How a client proves who it is to NATS, and TLS. A user and password may also be in the URL
+    (``nats://user:password@host``); a credentials file holds a JWT and an NKey seed."""
+
+    nats_user: str | None = Field(None, description="NATS user name")
+    nats_password: SecretStr | None = Field(None, description="NATS password of --nats-user")
+    nats_creds: ReadableFile | None = Field(None, description="NATS credentials file (JWT and NKey seed)")
+    nats_tls_ca: ReadableFile | None = Field(None, description="CA certificate that signed the NATS server's")
+    nats_tls_cert: ReadableFile | None = Field(None, description="client certificate for NATS (mutual TLS)")
+    nats_tls_key: ReadableFile | None = Field(None, description="private key of --nats-tls-cert")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> NatsAuth:
+        if (self.nats_tls_cert is None) != (self.nats_tls_key is None):
+            raise ValueError("give --nats-tls-cert and --nats-tls-key together")
+        if self.nats_password is not None and not self.nats_user:
+            raise ValueError("--nats-password needs --nats-user")
+        if self.nats_creds is not None and self.nats_user:
+            raise ValueError("give --nats-creds or --nats-user, not both")
+        return self
+
+
+class NatsServer(NatsAuth):
     nats_url: NatsUrl = "nats://127.0.0.1:4222"
 
 

@@ -22,6 +22,7 @@ from logmesh.common.failpoints import Failpoints
 from logmesh.common.http import ApiError, FastJSONResponse, build_app
 from logmesh.common.jetstream import NatsLink, log_subject, wait_for_stream
 from logmesh.common.model import Event
+from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.openapi import json_content, model_schema, responses
 from logmesh.common.publisher import AckedPublisher, Outgoing
 from logmesh.ingest.body import check_content_type, parse_events, read_body
@@ -70,11 +71,17 @@ class Ingest:
             registry=registry,
         )
         self.publisher: AckedPublisher | None = None
-        self.link = NatsLink(settings.nats_url, "logmesh-ingest", self._declare, io=settings.nats_io)
+        self.link = NatsLink(
+            settings.nats_url,
+            "logmesh-ingest",
+            self._declare,
+            io=settings.nats_io,
+            credentials=NatsCredentials.from_settings(settings, "ingest"),
+        )
         self._failpoints = Failpoints(settings.failpoints)
 
     async def _declare(self, nc: Client) -> None:
-        await wait_for_stream(nc.jetstream(), self.settings)
+        await wait_for_stream(nc.jetstream(), self.settings, may_update=False)
         self.publisher = AckedPublisher(nc)
         await self.publisher.start()
 

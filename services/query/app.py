@@ -24,6 +24,7 @@ from starlette.routing import Route
 from logmesh.common.http import ApiError, FastJSONResponse, build_app
 from logmesh.common.jetstream import QUERY_SUBJECT_PREFIX, NatsLink
 from logmesh.common.nats_answers import Answer, ErrorAnswer, ask
+from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.openapi import parameters, responses
 from logmesh.common.query_contract import (
     DEAD_LETTERS_PARAMS,
@@ -94,7 +95,12 @@ class Query:
     def __init__(self, settings: QuerySettings) -> None:
         self.settings = settings
         self.started = time.time()
-        self.link = NatsLink(settings.nats_url, "logmesh-query", io=settings.nats_io)
+        self.link = NatsLink(
+            settings.nats_url,
+            "logmesh-query",
+            io=settings.nats_io,
+            credentials=NatsCredentials.from_settings(settings, "query"),
+        )
         self.view = StatsView(self.ask_sink, self.link.client, settings.stream, settings.consumer)
         self.history = RateRecorder(self.view.summary)
 

@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from logmesh import __version__
 from logmesh.common.failpoints import POISON_MARKER, Failpoints
 from logmesh.common.jetstream import close, connect, ensure_consumer, wait_for_stream
+from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.query_contract import DeadLettersQuery, EventQuery, EventsQuery
 from logmesh.common.wire import Delivery, WireMsg, delivery_count
 from logmesh.sink.counters import Counters
@@ -70,9 +71,15 @@ class Sink:
         keeper: asyncio.Task[None] | None = None
         lag: asyncio.Task[None] | None = None
         try:
-            nc = await connect(s.nats_url, "logmesh-sink", io=s.nats_io, stopping=stopping)
+            nc = await connect(
+                s.nats_url,
+                "logmesh-sink",
+                io=s.nats_io,
+                stopping=stopping,
+                credentials=NatsCredentials.from_settings(s, "sink"),
+            )
             js = nc.jetstream()
-            info = await wait_for_stream(js, s, stopping=stopping)
+            info = await wait_for_stream(js, s, stopping=stopping, may_update=False)
             assert info.created is not None
             await self.writer.use_stream(info.created)
             await self._declare_consumer(js)

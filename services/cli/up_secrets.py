@@ -1,0 +1,98 @@
+"""The secrets of ``logmesh up``: HTTP tokens, one NATS password per role, ingest's message-id key.
+
+Each is a setting (``--publisher-password``, ``LOGMESH_SINK_NATS_PASSWORD``, ...) that wins when
+given; otherwise ``up`` generates it once under ``DATA_DIR/secrets/`` and reuses it (see
+``secrets_store``). The embedded nats-server gets the users and permissions of ``nats_roles``, its
+passwords by environment; the sink child gets its own by environment too, never on its command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, SecretStr
+
+from logmesh.common.nats_credentials import NatsCredentials
+from logmesh.common.nats_roles import ROLES, Role, password_secret, password_variable, server_authorization
+from logmesh.common.secrets_store import INGEST_TOKEN, MSG_ID_KEY, QUERY_TOKEN, ensure_secrets, secrets_dir
+from logmesh.common.settings import ENV_ONLY, LogmeshSettings
+
+log = logging.getLogger("logmesh")
+
+UP_SECRETS = (INGEST_TOKEN, QUERY_TOKEN, MSG_ID_KEY, *(password_secret(role) for role in ROLES))
+
+_GENERATED = "generated under DATA_DIR/secrets when not given"
+
+
+def _nats_password(value: SecretStr | None) -> SecretStr | None:
+    # nats-server reads it from its environment and parses it as a value: it must read as a string.
+    if value is not None and not PASSWORD_SHAPE.fullmatch(value.get_secret_value()):
+        raise ValueError("must be at least 16 letters, digits, '-' or '_', starting with a letter")
+    return value
+
+
+NatsPassword = Annotated[SecretStr | None, AfterValidator(_nats_password)]
+PASSWORD_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{15,}")
+
+
+class UpSecrets(LogmeshSettings):
+    publisher_password: NatsPassword = Field(
+        None, description=f"NATS password of the 'publisher' user, for third-party publishers ({_GENERATED})"
+    )
+    admin_nats_password: NatsPassword = Field(
+        None, description=f"NATS password of the 'admin' user, the only one that may change the stream ({_GENERATED})"
+    )
+    # The services' own passwords and the message-id key never leave logmesh: environment only.
+    ingest_nats_password: Annotated[NatsPassword, ENV_ONLY] = Field(None, description="ingest's NATS password")
+    sink_nats_password: Annotated[NatsPassword, ENV_ONLY] = Field(None, description="the sink's NATS password")
+    query_nats_password: Annotated[NatsPassword, ENV_ONLY] = Field(None, description="query's NATS password")
+    msg_id_key: Annotated[SecretStr | None, ENV_ONLY] = Field(None, description="key of ingest's message ids")
+
+
+def _field(secret: str) -> str:
+    return secret.replace("-", "_")
+
+
+class UpAuth:
+    """The secrets in force for one ``up``; ``None`` values throughout when authentication is off."""
+
+    def __init__(self, values: dict[str, str] | None, where: Path | None = None) -> None:
+        self.values = values
+        self.where = where
+
+    @classmethod
+    def prepare(cls, settings: LogmeshSettings, data_dir: Path, *, enabled: bool) -> UpAuth:
+        """Every secret, given or stored or generated now (said once, with where they are kept)."""
+        if not enabled:
+            return cls(None)
+        given: dict[str, str | None] = {}
+        for secret in UP_SECRETS:
+            value = getattr(settings, _field(secret), None)
+            given[secret] = value.get_secret_value() if isinstance(value, SecretStr) else value
+        values, generated = ensure_secrets(data_dir, given)
+        where = secrets_dir(data_dir).resolve()
+        if generated:
+            print(f"logmesh: generated {', '.join(generated)} in {where} (mode 0600, kept for next time)", flush=True)
+        return cls(values, where)
+
+    @property
+    def enabled(self) -> bool:
+        return self.values is not None
+
+    def get(self, secret: str) -> str | None:
+        return self.values[secret] if self.values is not None else None
+
+    def credentials(self, role: Role) -> NatsCredentials:
+        return NatsCredentials.for_role(role, self.get(password_secret(role)))
+
+    def server_config(self, stream: str, consumer: str) -> str | None:
+        return server_authorization(stream, consumer) if self.enabled else None
+
+    def server_env(self) -> dict[str, str]:
+        """The passwords, by the names the server's configuration gives them."""
+        if self.values is None:
+            return {}
+        return {password_variable(role): self.values[password_secret(role)] for role in ROLES}

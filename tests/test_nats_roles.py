@@ -1,0 +1,211 @@
+"""Each NATS user of ``logmesh up`` tries what it must not do, and the server refuses it (a
+permissions violation, no effect); what it may do still works. The attacks are the ones that worked
+against an open server: forged receipts, a forged query responder, deleting the consumer, purging
+or deleting the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import orjson
+import pytest
+from nats.aio.client import Client
+
+from logmesh.common.nats_roles import Role, inbox_prefix, password_secret
+from logmesh.common.waiting import WaitTimeout, wait_until_async
+from tests.harness import Up, event, jetstream_info, over_nats
+
+pytestmark = pytest.mark.timeout(120)
+
+Action = Callable[[Client], Awaitable[Any]]
+RECEIPT = orjson.dumps({"duplicates": 1_000_777, "events": 1_000_777})
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    stack = Up(tmp_path_factory.mktemp("roles") / "data").start()
+    yield stack
+    stack.close()
+
+
+def _url(up: Up) -> str:
+    return f"nats://127.0.0.1:{up.nats_port}"
+
+
+async def _connect(up: Up, role: Role, errors: list[str], password: str | None = None) -> Client:
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    return await nats.connect(
+        _url(up),
+        user=role,
+        password=password if password is not None else up.secret(password_secret(role)) or "",
+        inbox_prefix=inbox_prefix(role),
+        error_cb=on_error,
+        allow_reconnect=False,
+    )
+
+
+def refused(up: Up, role: Role, action: Action, subject: str) -> None:
+    """``action`` as ``role`` draws the server's permissions violation naming ``subject``."""
+
+    errors: list[str] = []
+
+    async def seen() -> bool:
+        return _violation(errors, subject)
+
+    async def attempt() -> list[str]:
+        nc = await _connect(up, role, errors)
+        try:
+            # A denied request gets no answer: its time-out is expected, the violation is the proof.
+            with contextlib.suppress(TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                await action(nc)
+            await nc.flush()
+            with contextlib.suppress(WaitTimeout):  # the assertion below says what was seen instead
+                await wait_until_async(seen, 5, "the permissions violation")
+        finally:
+            await nc.close()
+        return errors
+
+    errors = asyncio.run(attempt())
+    assert _violation(errors, subject), (role, subject, errors)
+
+
+def _violation(errors: list[str], subject: str) -> bool:
+    # nats-py reports the server's -ERR in lower case
+    return any(f'permissions violation for publish to "{subject.lower()}"' in e.lower() for e in errors) or any(
+        f'permissions violation for subscription to "{subject.lower()}"' in e.lower() for e in errors
+    )
+
+
+def allowed(up: Up, role: Role, action: Action) -> Any:
+    async def attempt() -> Any:
+        errors: list[str] = []
+        nc = await _connect(up, role, errors)
+        try:
+            result = await action(nc)
+            await nc.flush()
+        finally:
+            await nc.close()
+        assert not errors, errors
+        return result
+
+    return asyncio.run(attempt())
+
+
+def publish(subject: str, data: bytes = b"x") -> Action:
+    return lambda nc: nc.publish(subject, data)
+
+
+def request(subject: str, data: bytes = b"{}") -> Action:
+    return lambda nc: nc.request(subject, data, timeout=0.5)
+
+
+def subscribe(subject: str, queue: str = "") -> Action:
+    return lambda nc: nc.subscribe(subject, queue=queue)
+
+
+PURGE = "$JS.API.STREAM.PURGE.LOGS"
+DELETE_STREAM = "$JS.API.STREAM.DELETE.LOGS"
+UPDATE_STREAM = "$JS.API.STREAM.UPDATE.LOGS"
+DELETE_CONSUMER = "$JS.API.CONSUMER.DELETE.LOGS.sink"
+NEXT = "$JS.API.CONSUMER.MSG.NEXT.LOGS.sink"
+DESTRUCTIVE = [PURGE, DELETE_STREAM, UPDATE_STREAM, DELETE_CONSUMER]
+
+SNOOPING: list[tuple[Role, Role]] = [
+    ("publisher", "ingest"),
+    ("publisher", "sink"),
+    ("query", "sink"),
+    ("ingest", "query"),
+]
+FORBIDDEN: list[tuple[Role, str, Action]] = [
+    # Forged receipts moved the duplicate counter by a million.
+    *((role, "logmesh.receipts", publish("logmesh.receipts", RECEIPT)) for role in ("publisher", "sink", "query")),
+    # A responder in the sink's queue group answered half the queries with forged data.
+    *((role, "logmesh.query.>", subscribe("logmesh.query.>", "q")) for role in ("publisher", "ingest", "query")),
+    *(
+        (role, subject, request(subject))
+        for role in ("publisher", "ingest", "sink", "query")
+        for subject in DESTRUCTIVE
+    ),
+    *((role, NEXT, request(NEXT)) for role in ("publisher", "ingest", "query")),
+    ("publisher", "logmesh.query.stats", request("logmesh.query.stats")),
+    ("publisher", "$JS.API.STREAM.INFO.LOGS", request("$JS.API.STREAM.INFO.LOGS")),
+    ("publisher", "$JS.API.STREAM.CREATE.other", request("$JS.API.STREAM.CREATE.other")),
+    # Nobody reads another role's replies (PubAcks, query answers, pulled messages).
+    *((role, f"{inbox_prefix(other)}.>", subscribe(f"{inbox_prefix(other)}.>")) for role, other in SNOOPING),
+    ("sink", "logs.orders", publish("logs.orders")),
+    ("query", "logs.orders", publish("logs.orders")),
+    ("ingest", "$JS.API.CONSUMER.CREATE.LOGS.spy", request("$JS.API.CONSUMER.CREATE.LOGS.spy")),
+    ("query", "$JS.API.STREAM.MSG.GET.LOGS", request("$JS.API.STREAM.MSG.GET.LOGS", b'{"seq":1}')),
+]
+
+
+@pytest.mark.parametrize(("role", "subject", "action"), FORBIDDEN, ids=[f"{r}-{s}" for r, s, _ in FORBIDDEN])
+def test_a_role_is_refused_what_it_must_not_do(up: Up, role: Role, subject: str, action: Action) -> None:
+    refused(up, role, action, subject)
+
+
+def test_anonymous_and_wrong_passwords_are_turned_away(up: Up) -> None:
+    async def connect(**auth: str) -> str:
+        nc = Client()
+        try:
+            await nc.connect(_url(up), allow_reconnect=False, max_reconnect_attempts=0, **auth)  # type: ignore[arg-type]
+        except nats.errors.Error as exc:
+            return str(exc)
+        finally:
+            await nc.close()  # also after a refusal: the socket is closed here, not by the collector
+        return "connected"
+
+    assert "Authorization Violation" in asyncio.run(connect())
+    assert "Authorization Violation" in asyncio.run(connect(user="publisher", password="guess"))
+    assert "Authorization Violation" in asyncio.run(
+        connect(user="admin", password=up.secret("publisher-password") or "")
+    )
+
+
+def test_each_role_may_do_its_own_work(up: Up) -> None:
+    # The publisher: a JetStream publish and its PubAck, as `nats pub --jetstream` does.
+    body = orjson.dumps(event("orders", "roles-1"))
+    ack = allowed(
+        up,
+        "publisher",
+        lambda nc: nc.jetstream().publish("logs.orders", body, headers={"Nats-Msg-Id": "orders:roles-1"}),
+    )
+    assert ack.seq >= 1 and not ack.duplicate
+    # Ingest: the stream's info (and, through HTTP, publishes with receipts: the suite at large).
+    info = allowed(up, "ingest", lambda nc: nc.jetstream().stream_info("LOGS"))
+    assert info.config.name == "LOGS"
+    # Query asks the sink; the sink answers it (only the sink may).
+    up.settled_stats()
+    asked = orjson.dumps({"topic": "orders", "event_id": "roles-1"})
+    answer = allowed(up, "query", lambda nc: nc.request("logmesh.query.event", asked, timeout=5))
+    assert orjson.loads(answer.data)["event_id"] == "roles-1", answer.data
+    consumer = allowed(up, "sink", lambda nc: nc.jetstream().consumer_info("LOGS", "sink"))
+    assert consumer.name == "sink"
+
+
+def test_after_every_attack_nothing_was_lost_or_forged(up: Up) -> None:
+    """Runs after the refusals: the stream, the consumer and the counters are as the honest
+    traffic left them, and the pipeline still works."""
+    assert up.publish([event("orders", "after-attacks")]).status_code == 202
+    stats = up.settled_stats()
+    stream, consumer = jetstream_info(up.nats_url)
+    assert consumer.config.durable_name == "sink"
+    assert stream.state.messages == stats["received"] + stats["stream"]["receipt_messages"]
+    assert stats["duplicates"]["window"] == 0  # the forged receipt's million never counted
+    assert stats["invariant_holds"] and stats["sink"]["ready"]
+    topics = over_nats(up.nats_url, lambda nc: nc.jetstream().stream_info("LOGS"))
+    assert topics.state.messages >= 2
+
+
+def test_the_secrets_are_only_for_their_owner(up: Up) -> None:
+    directory = Path(up.data_dir) / "secrets"
+    assert oct(directory.stat().st_mode & 0o777) == "0o700"
+    for path in directory.iterdir():
+        assert oct(path.stat().st_mode & 0o777) == "0o600", path
