@@ -6,6 +6,7 @@ from the code fails here."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -18,14 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
+import nats.aio.client
 import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from logmesh.cli.access import bearer
 from logmesh.cli.commands import PublishSettings
 from logmesh.cli.main import build_parser
+from logmesh.cli.secrets_commands import nats_config_text
 from logmesh.cli.workload import make_workload
+from logmesh.common.nats_roles import ROLES, password_variable, secret_variable
 from logmesh.common.processes import free_port, nats_server_binary
+from logmesh.common.secrets_store import ALL_SECRETS
 from logmesh.common.settings import ENV_PREFIX, settings_from_args
 from tests.harness import wait_for
 
@@ -36,6 +43,9 @@ DEPLOY = ROOT / "deploy"
 LONG_RUNNING = ("nats", "sink", "ingest", "query")
 LOGMESH_SERVICES = ("sink", "ingest", "query", "publisher")
 IMAGE_BUILDER = "sink"
+NATS_CONFIG_TARGET = "/etc/nats/logmesh.conf"
+# ${NAME}, ${NAME:?message}, ${NAME:-default}: compose's interpolation from deploy/.env.
+INTERPOLATION = re.compile(r"\$\{([A-Z0-9_]+)(?:(:?[?-])([^}]*))?\}")
 SEED_EVENTS, SEED_UNIQUE = 20_000, 13_000
 
 
@@ -43,6 +53,33 @@ SEED_EVENTS, SEED_UNIQUE = 20_000, 13_000
 def compose() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     return loaded
+
+
+def test_the_nats_config_is_the_one_the_code_renders() -> None:
+    """deploy/nats-server.conf is ``logmesh nats-config``'s output: the permissions live in one place."""
+    assert (DEPLOY / "nats-server.conf").read_text() == nats_config_text()
+
+
+def test_each_service_gets_only_its_own_secrets(compose: dict[str, Any]) -> None:
+    """Every secret comes from the env file ``logmesh secrets`` writes (nothing starts without it),
+    and a service sees only the password and token it needs."""
+    expected = {
+        "nats": {password_variable(role) for role in ROLES},
+        "sink": {"LOGMESH_SINK_NATS_PASSWORD"},
+        "ingest": {"LOGMESH_INGEST_NATS_PASSWORD", "LOGMESH_INGEST_TOKEN", "LOGMESH_MSG_ID_KEY"},
+        "query": {"LOGMESH_QUERY_NATS_PASSWORD", "LOGMESH_QUERY_TOKEN"},
+        "publisher": {"LOGMESH_INGEST_TOKEN"},
+    }
+    generated = {secret_variable(name) for name in ALL_SECRETS}
+    for name, service in compose["services"].items():
+        used = {m[1] for v in service.get("environment", {}).values() for m in INTERPOLATION.finditer(str(v))}
+        assert used == expected[name], name
+        assert used <= generated, name
+        for value in service.get("environment", {}).values():
+            for m in INTERPOLATION.finditer(str(value)):
+                assert m[2] == ":?", f"{name}: {m[0]} must refuse to start without the env file"
+    users = {name: s["environment"].get("LOGMESH_NATS_USER") for name, s in compose["services"].items()}
+    assert users == {"nats": None, "sink": "sink", "ingest": "ingest", "query": "query", "publisher": None}
 
 
 def test_the_compose_file_follows_the_rules(compose: dict[str, Any]) -> None:
@@ -61,8 +98,10 @@ def test_the_compose_file_follows_the_rules(compose: dict[str, Any]) -> None:
             assert condition in [{"condition": c} for c in allowed], (name, dependency)
     assert _start_order(services)[-1] == "publisher"
     declared = set(compose["volumes"])
-    used = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
-    assert used == declared == {"nats-data", "duckdb-data"}
+    mounts = [v.split(":") for s in services.values() for v in s.get("volumes", [])]
+    assert {m[0] for m in mounts if not m[0].startswith("./")} == declared == {"nats-data", "duckdb-data"}
+    # The one file mounted from the repository: nats-server's users and permissions, read-only.
+    assert [m for m in mounts if m[0].startswith("./")] == [["./nats-server.conf", NATS_CONFIG_TARGET, "ro"]]
     published = {name for name, s in services.items() if s.get("ports")}
     assert published == {"ingest", "query"}, "only the HTTP ports reach the host"
 
@@ -164,6 +203,12 @@ def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_else() -
         assert not _in_build_context(path, rules), path
 
 
+def _logmesh() -> str:
+    executable = shutil.which("logmesh", path=str(Path(sys.executable).parent))
+    assert executable, "the logmesh console script is not installed"
+    return executable
+
+
 def _start_order(services: dict[str, Any]) -> list[str]:
     order: list[str] = []
     while len(order) < len(services):
@@ -181,6 +226,23 @@ class LocalCompose:
         self.root = root
         self.ports: dict[str, int] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        # As the compose file's first comment says: the secrets first, in the env file compose reads.
+        env_file = root / ".env"
+        done = subprocess.run([_logmesh(), "secrets", "--env-file", str(env_file)], capture_output=True, check=True)
+        assert env_file.stat().st_mode & 0o777 == 0o600, done.stdout
+        self.secrets = dict(
+            line.split("=", 1) for line in env_file.read_text().splitlines() if line and not line.startswith("#")
+        )
+
+    def interpolated(self, value: str) -> str:
+        def secret(m: re.Match[str]) -> str:
+            assert m[1] in self.secrets, f"{m[0]}: not in the env file"
+            return self.secrets[m[1]]
+
+        return INTERPOLATION.sub(secret, value)
+
+    def headers(self) -> dict[str, str]:
+        return bearer(self.secrets["LOGMESH_QUERY_TOKEN"])
 
     def port(self, container_port: str) -> str:
         return str(self.ports.setdefault(container_port, free_port()))
@@ -194,7 +256,10 @@ class LocalCompose:
         """The service's volume targets, each a directory named after its volume (kept across runs)."""
         out = {}
         for spec in self.compose["services"][name].get("volumes", []):
-            volume, target = spec.split(":")
+            volume, target, *_ = spec.split(":")
+            if volume.startswith("./"):  # a file of the repository, beside the compose file
+                out[target] = str(DEPLOY / volume)
+                continue
             (self.root / volume).mkdir(exist_ok=True)
             out[target] = str(self.root / volume)
         return out
@@ -202,17 +267,17 @@ class LocalCompose:
     def start(self, name: str) -> None:
         service = self.compose["services"][name]
         mounts = self.mounts(name)
-        env: dict[str, str] | None = None
+        own = {
+            k: mounts.get(str(v), self.local(self.interpolated(str(v))))
+            for k, v in service.get("environment", {}).items()
+        }
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOGMESH_")}, **own}
         if name == "nats":
             flags = [mounts.get(a, self.port(a) if a == "8222" else a) for a in service["command"]]
             command = [nats_server_binary(), *flags, "--addr", "127.0.0.1", "--port", self.port("4222")]
         else:
             assert service["command"][0] == "logmesh"
-            own = {k: mounts.get(str(v), self.local(str(v))) for k, v in service.get("environment", {}).items()}
-            executable = shutil.which("logmesh", path=str(Path(sys.executable).parent))
-            assert executable, "the logmesh console script is not installed"
-            command = [executable, *[self.local(a) for a in service["command"][1:]]]
-            env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOGMESH_")}, **own}
+            command = [_logmesh(), *[self.local(a) for a in service["command"][1:]]]
         # The child keeps its own copy of the log's descriptor.
         with (self.root / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(command, env=env, stdout=log, stderr=log)
@@ -240,7 +305,7 @@ class LocalCompose:
 
     def stats_once_drained(self, arrived: int) -> dict[str, Any]:
         """/stats once ``arrived`` events are counted and the consumer has nothing left; else {}."""
-        stats: dict[str, Any] = httpx.get(f"http://127.0.0.1:{self.ports['8082']}/stats").json()
+        stats: dict[str, Any] = httpx.get(f"http://127.0.0.1:{self.ports['8082']}/stats", headers=self.headers()).json()
         consumer = stats.get("consumer") or {}
         done = stats["arrived"] == arrived and consumer.get("pending") == 0 and consumer.get("ack_pending") == 0
         return stats if done else {}
@@ -269,7 +334,13 @@ def test_the_compose_services_run_as_written_and_dedup_across_down_and_up(local:
     first = wait_for(partial(local.stats_once_drained, SEED_EVENTS), 60, "the sink to store the seed workload")
     assert first["unique_processed"] == SEED_UNIQUE and first["invariant_holds"]
     assert first["duplicate_dropped"] == SEED_EVENTS - SEED_UNIQUE
-    assert httpx.get(f"http://127.0.0.1:{local.ports['8082']}/").status_code == 200  # the dashboard
+    query, ingest = f"http://127.0.0.1:{local.ports['8082']}", f"http://127.0.0.1:{local.ports['8081']}"
+    assert httpx.get(f"{query}/", headers=local.headers()).status_code == 200  # the dashboard
+    # Without the tokens nothing gets in, over HTTP or NATS.
+    assert httpx.get(f"{query}/stats").status_code == 401
+    assert httpx.post(f"{ingest}/publish", json=[]).status_code == 401
+    assert httpx.post(f"{ingest}/publish", json=[], headers=local.headers()).status_code == 403
+    assert "Authorization Violation" in _anonymous_nats(f"nats://127.0.0.1:{local.ports['4222']}")
 
     # docker compose down && docker compose up: same volumes, every event and counter kept ...
     local.down()
@@ -284,3 +355,17 @@ def test_the_compose_services_run_as_written_and_dedup_across_down_and_up(local:
     assert second["unique_processed"] == SEED_UNIQUE and second["invariant_holds"]
     assert second["duplicate_dropped"] == first["duplicate_dropped"] + SEED_EVENTS
     assert [(t["topic"], t["count"]) for t in second["topics"]] == [(t["topic"], t["count"]) for t in first["topics"]]
+
+
+def _anonymous_nats(url: str) -> str:
+    async def attempt() -> str:
+        nc = nats.aio.client.Client()
+        try:
+            await nc.connect(url, allow_reconnect=False, max_reconnect_attempts=0)
+        except nats.errors.Error as exc:
+            return str(exc)
+        finally:
+            await nc.close()
+        return "connected"
+
+    return asyncio.run(attempt())

@@ -27,7 +27,7 @@ from logmesh.cli.runner import run
 from logmesh.common.logs import setup_logging
 from logmesh.common.settings import ENV_PREFIX, LogmeshSettings, add_command, settings_from_args
 
-PARTS = ("ceiling", "native", "http-seed", "http", "scaling", "growth", "latency")
+PARTS = ("ceiling", "native", "http-seed", "http", "scaling", "growth", "latency", "auth")
 
 
 class BenchSettings(LogmeshSettings):
@@ -121,7 +121,28 @@ async def _bench(s: BenchSettings, parts: list[str]) -> dict[str, Any]:
         # slowest, and scattered from 9 to 23 ms between runs on a saturated 2-core machine.
         runs = await _runs("/stats under load", s.runs, lambda: latency.stats_under_load(2 * n, dup, topics))
         out["stats_under_load"] = {k: _median(runs, k) for k in ("p50_ms", "p99_ms")} | {"runs": runs}
+    if "auth" in parts:
+        out["auth"] = await _auth_cost(s)
     return out
+
+
+async def _auth_cost(s: BenchSettings) -> dict[str, Any]:
+    """Native and HTTP with authorization on (tokens, NATS users and permissions) and off, one run of
+    each in turn: the machine drifts by ±10%, so only runs side by side compare."""
+    from logmesh.bench import throughput
+
+    result: dict[str, Any] = {}
+    for name, send in (("native", throughput.nats_sender()), ("http", throughput.http_sender(1000, 4))):
+        runs: list[dict[str, Any]] = []
+        for i in range(s.runs):
+            for auth in (True, False):
+                r = await throughput.pipeline(f"{name}-auth", s.events, s.dup, s.topics, send, auth=auth)
+                print(f"  {name} {'with' if auth else 'without'} auth run {i + 1}/{s.runs}: {_brief(r)}", flush=True)
+                runs.append({**r, "auth": auth})
+        on = statistics.median(r["events_per_second"] for r in runs if r["auth"])
+        off = statistics.median(r["events_per_second"] for r in runs if not r["auth"])
+        result[name] = {"with_auth": on, "without_auth": off, "ratio": round(on / off, 3), "runs": runs}
+    return result
 
 
 async def _growth(s: BenchSettings) -> dict[str, Any]:
@@ -170,6 +191,11 @@ def _report(out: dict[str, Any]) -> None:
     for name in ("publish_to_queryable", "stats_under_load"):
         if name in out:
             print(f"  {name:<22} p50 {out[name]['p50_ms']} ms, p99 {out[name]['p99_ms']} ms")
+    for name, cost in out.get("auth", {}).items():
+        print(
+            f"  {name + ' with auth':<22} {cost['with_auth']:>10,.0f} events/s  ({cost['without_auth']:,.0f} "
+            f"without: ratio {cost['ratio']})"
+        )
 
 
 def bench_command(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import orjson
 
 from logmesh.bench.procs import UpProcess
 from logmesh.bench.throughput import NATIVE_BATCH, NATIVE_CLIENTS
+from logmesh.cli.access import bearer
 from logmesh.cli.workload import make_workload, send_nats
 
 
@@ -33,11 +34,12 @@ async def publish_to_queryable(
     batches = workload.batches(batch)
     found: list[float] = []
     async with UpProcess("latency") as up, httpx.AsyncClient(base_url=up.http_url, timeout=10) as client:
+        read, write = bearer(up.query_token), bearer(up.ingest_token)
 
         async def probe(event: dict[str, Any], sent: float) -> None:
             path = f"/events/{event['topic']}/{event['event_id']}"
             while True:  # polling is the measurement: the first GET that finds the event
-                if (await client.get(path)).status_code == 200:
+                if (await client.get(path, headers=read)).status_code == 200:
                     found.append(time.perf_counter() - sent)
                     return
                 await asyncio.sleep(poll)
@@ -48,7 +50,7 @@ async def publish_to_queryable(
         for n, chunk in enumerate(batches):
             sent = time.perf_counter()
             resp = await client.post(
-                "/publish", content=orjson.dumps(chunk), headers={"content-type": "application/json"}
+                "/publish", content=orjson.dumps(chunk), headers={"content-type": "application/json", **write}
             )
             resp.raise_for_status()
             if n % sample_every == 0:
@@ -68,19 +70,27 @@ async def stats_under_load(events: int, dup: float, topics: int, every: float = 
     receiving, sending = context.Pipe(duplex=False)
     stop = context.Event()
     async with UpProcess("stats-load") as up:
-        poller = context.Process(target=_poll_stats, args=(up.http_url, every, stop, sending), daemon=True)
+        poller = context.Process(
+            target=_poll_stats, args=(up.http_url, bearer(up.query_token), every, stop, sending), daemon=True
+        )
         poller.start()
         assert await asyncio.to_thread(receiving.recv) == "ready"
-        await send_nats(up.nats_url, workload.batches(NATIVE_BATCH), NATIVE_CLIENTS, show_progress=False)
+        await send_nats(
+            up.nats_url,
+            workload.batches(NATIVE_BATCH),
+            NATIVE_CLIENTS,
+            show_progress=False,
+            credentials=up.credentials("ingest"),
+        )
         stop.set()
         timings: list[float] = await asyncio.to_thread(receiving.recv)
         poller.join(10)
     return {"events": events, **percentiles(timings)}
 
 
-def _poll_stats(url: str, every: float, stop: Any, done: Connection) -> None:
+def _poll_stats(url: str, headers: dict[str, str], every: float, stop: Any, done: Connection) -> None:
     timings: list[float] = []
-    with httpx.Client(base_url=url, timeout=10) as client:
+    with httpx.Client(base_url=url, timeout=10, headers=headers) as client:
         client.get("/stats").raise_for_status()  # warm: the first request starts the snapshots
         done.send("ready")
         while not stop.is_set():

@@ -9,25 +9,32 @@ from pathlib import Path
 
 import httpx
 
+from logmesh.common.nats_credentials import NatsCredentials
+from logmesh.common.nats_roles import Role, password_secret
 from logmesh.common.processes import children, environment, free_port, python_command, spawn, stop_process
+from logmesh.common.secrets_store import INGEST_TOKEN, QUERY_TOKEN, read_secret
 from logmesh.common.waiting import wait_until_async
 
 
 class UpProcess:
     """``logmesh up`` on a fresh temporary directory and free ports, as its own process tree."""
 
-    def __init__(self, name: str, data_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, data_dir: Path | None = None, env: dict[str, str] | None = None, *, auth: bool = True
+    ) -> None:
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"logmesh-bench-{name}-"))
         self._own_dir = data_dir is None
         self.http_port, self.nats_port = free_port(), free_port()
         self.http_url = f"http://127.0.0.1:{self.http_port}"
         self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
         self._env = env or {}
+        self.auth = auth
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def __aenter__(self) -> UpProcess:
         args = ["up", "--data-dir", str(self.data_dir), "--http-port", str(self.http_port)]
         args += ["--nats-port", str(self.nats_port), "--log-level", "warning"]
+        args += [] if self.auth else ["--no-auth"]
         self.proc = spawn(python_command(*args), env=environment(self._env), stdout=subprocess.DEVNULL)
         await wait_ready(self.http_url, 60)
         return self
@@ -37,6 +44,18 @@ class UpProcess:
             await stop_process(self.proc, timeout=60)
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    # What a client presents, from the secrets up generated (None and no user with --no-auth).
+    @property
+    def ingest_token(self) -> str | None:
+        return read_secret(self.data_dir, INGEST_TOKEN)
+
+    @property
+    def query_token(self) -> str | None:
+        return read_secret(self.data_dir, QUERY_TOKEN)
+
+    def credentials(self, role: Role) -> NatsCredentials:
+        return NatsCredentials.for_role(role, read_secret(self.data_dir, password_secret(role)))
 
     def sink_pid(self) -> int | None:
         """The sink is the one Python child of ``up`` (the other child is nats-server)."""

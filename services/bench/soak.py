@@ -15,24 +15,33 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import nats
 
 from logmesh.bench import truth
 from logmesh.bench.soak_command import SoakSettings
+from logmesh.cli.up_secrets import UpAuth
 from logmesh.cli.workload import Workload, make_workload, send_http, send_nats
 from logmesh.common.embedded import EmbeddedNats
 from logmesh.common.jetstream import connect
-from logmesh.common.processes import free_port, kill_process, python_command, spawn, stop_process
+from logmesh.common.nats_roles import Role
+from logmesh.common.processes import environment, free_port, kill_process, python_command, spawn, stop_process
+from logmesh.common.secrets_store import INGEST_TOKEN, MSG_ID_KEY, QUERY_TOKEN
+from logmesh.common.settings import LogmeshSettings
 from logmesh.common.waiting import wait_until_async
 
 
 class Services:
+    """The separate services, each with its own NATS user and token, as a deployment runs them."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.nats = EmbeddedNats(root / "nats", port=free_port())
+        self.auth = UpAuth.prepare(LogmeshSettings(), root, enabled=True)
+        self.nats = EmbeddedNats(
+            root / "nats", port=free_port(), config=self.auth.server_config("LOGS", "sink"), env=self.auth.server_env()
+        )
         self.ingest_port, self.query_port = free_port(), free_port()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.kills: dict[str, int] = {"nats": 0, "sink": 0, "ingest": 0, "query": 0}
@@ -50,7 +59,16 @@ class Services:
             await self.nats.start()
         else:
             log = (self.root / f"{name}.log").open("ab")  # the child keeps writing to it
-            self.procs[name] = spawn(python_command(*self._args(name)), stdout=log, stderr=log)
+            env = {**self.auth.credentials(cast(Role, name)).env(), **self._tokens()}
+            self.procs[name] = spawn(python_command(*self._args(name)), env=environment(env), stdout=log, stderr=log)
+
+    def _tokens(self) -> dict[str, str]:
+        names = {
+            "LOGMESH_INGEST_TOKEN": INGEST_TOKEN,
+            "LOGMESH_QUERY_TOKEN": QUERY_TOKEN,
+            "LOGMESH_MSG_ID_KEY": MSG_ID_KEY,
+        }
+        return {variable: self.auth.get(secret) or "" for variable, secret in names.items()}
 
     async def revive(self) -> None:
         """Starts again whatever is down, as a supervisor would."""
@@ -118,10 +136,12 @@ async def soak(s: SoakSettings) -> dict[str, Any]:
     until = time.monotonic() + s.duration
 
     async def via_http(batches: list[list[dict[str, Any]]]) -> Any:
-        return await send_http(ingest_url, batches, 1, show_progress=False)
+        return await send_http(ingest_url, batches, 1, show_progress=False, token=services.auth.get(INGEST_TOKEN))
 
     async def via_nats(batches: list[list[dict[str, Any]]]) -> Any:
-        return await send_nats(services.nats.url, batches, 1, show_progress=False)
+        return await send_nats(
+            services.nats.url, batches, 1, show_progress=False, credentials=services.auth.credentials("ingest")
+        )
 
     try:
         killer = asyncio.create_task(_killer(services, until, s, rng))
@@ -143,7 +163,7 @@ async def soak(s: SoakSettings) -> dict[str, Any]:
 
 async def _reckon(services: Services, workload: Workload) -> dict[str, Any]:
     """Once the sink has caught up: what was lost, what was stored twice, what was counted wrong."""
-    nc = await connect(services.nats.url, "logmesh-soak")
+    nc = await connect(services.nats.url, "logmesh-soak", credentials=services.auth.credentials("admin"))
     try:
         js = nc.jetstream()
 

@@ -30,7 +30,7 @@ Sender = Callable[[UpProcess, Workload], Awaitable[SendReport]]
 
 def http_sender(batch: int, clients: int) -> Sender:
     async def send(up: UpProcess, w: Workload) -> SendReport:
-        return await send_http(up.http_url, w.batches(batch), clients, show_progress=False)
+        return await send_http(up.http_url, w.batches(batch), clients, show_progress=False, token=up.ingest_token)
 
     return send
 
@@ -41,17 +41,22 @@ NATIVE_BATCH, NATIVE_CLIENTS = 5000, 4
 
 def nats_sender(batch: int = NATIVE_BATCH, clients: int = NATIVE_CLIENTS) -> Sender:
     async def send(up: UpProcess, w: Workload) -> SendReport:
-        return await send_nats(up.nats_url, w.batches(batch), clients, show_progress=False)
+        return await send_nats(
+            up.nats_url, w.batches(batch), clients, show_progress=False, credentials=up.credentials("ingest")
+        )
 
     return send
 
 
-async def pipeline(name: str, events: int, dup: float, topics: int, send: Sender) -> dict[str, Any]:
-    """One run of logmesh end to end: events/s from the first publish to the sink's last commit."""
+async def pipeline(
+    name: str, events: int, dup: float, topics: int, send: Sender, *, auth: bool = True
+) -> dict[str, Any]:
+    """One run of logmesh end to end: events/s from the first publish to the sink's last commit;
+    ``auth`` False runs ``up --no-auth`` (to see what authorization costs)."""
     workload = make_workload(events, dup, topics)
-    async with UpProcess(name) as up:
+    async with UpProcess(name, auth=auth) as up:
         report = await send(up, workload)
-        stats = await wait_until_drained(up.http_url, timeout=900, at_least=report.accepted)
+        stats = await wait_until_drained(up.http_url, timeout=900, at_least=report.accepted, token=up.query_token)
         sink = up.sink_pid()
         elapsed = stats["sink"]["last_commit_at"] - report.first_send
         return {

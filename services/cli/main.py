@@ -8,7 +8,7 @@ import sys
 from logmesh import __version__
 from logmesh.bench import command as bench
 from logmesh.bench import soak_command as soak
-from logmesh.cli import commands, services, tail
+from logmesh.cli import commands, secrets_commands, services, tail
 from logmesh.common.settings import SettingsError
 
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.register(sub)
     services.register(sub)
     tail.register(sub)
+    secrets_commands.register(sub)
     bench.register(sub)
     soak.register(sub)
     return parser

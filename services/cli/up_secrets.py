@@ -17,12 +17,11 @@ from pydantic import AfterValidator, Field, SecretStr
 
 from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.nats_roles import ROLES, Role, password_secret, password_variable, server_authorization
-from logmesh.common.secrets_store import INGEST_TOKEN, MSG_ID_KEY, QUERY_TOKEN, ensure_secrets, secrets_dir
+from logmesh.common.secrets_store import ALL_SECRETS, ensure_secrets, secrets_dir
 from logmesh.common.settings import ENV_ONLY, LogmeshSettings
 
 log = logging.getLogger("logmesh")
 
-UP_SECRETS = (INGEST_TOKEN, QUERY_TOKEN, MSG_ID_KEY, *(password_secret(role) for role in ROLES))
 
 _GENERATED = "generated under DATA_DIR/secrets when not given"
 
@@ -69,7 +68,7 @@ class UpAuth:
         if not enabled:
             return cls(None)
         given: dict[str, str | None] = {}
-        for secret in UP_SECRETS:
+        for secret in ALL_SECRETS:
             value = getattr(settings, _field(secret), None)
             given[secret] = value.get_secret_value() if isinstance(value, SecretStr) else value
         values, generated = ensure_secrets(data_dir, given)

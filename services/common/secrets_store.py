@@ -15,6 +15,8 @@ import stat
 import string
 from pathlib import Path
 
+from logmesh.common.nats_roles import ROLES, password_secret
+
 log = logging.getLogger("logmesh")
 
 SECRETS_DIR = "secrets"
@@ -22,9 +24,15 @@ SECRETS_DIR = "secrets"
 INGEST_TOKEN = "ingest-token"
 QUERY_TOKEN = "query-token"
 MSG_ID_KEY = "msg-id-key"
+# Every secret of a deployment: the tokens, the message-id key, a NATS password per role.
+ALL_SECRETS = (INGEST_TOKEN, QUERY_TOKEN, MSG_ID_KEY, *(password_secret(role) for role in ROLES))
 # 32 random bytes, URL-safe, after a letter: fits a header, a URL's userinfo and a nats-server
 # configuration variable (which nats-server parses as a value: "-x" or "123" would not be a string).
 _BYTES = 32
+
+
+def new_secret() -> str:
+    return secrets.choice(string.ascii_letters) + secrets.token_urlsafe(_BYTES)
 
 
 def secrets_dir(data_dir: Path) -> Path:
@@ -72,7 +80,7 @@ def ensure_secrets(data_dir: Path, given: dict[str, str | None]) -> tuple[dict[s
             continue
         stored = read_secret(data_dir, name)
         if stored is None:
-            fresh = secrets.choice(string.ascii_letters) + secrets.token_urlsafe(_BYTES)
+            fresh = new_secret()
             if _write_new(secret_path(data_dir, name), fresh):
                 generated.append(name)
                 stored = fresh
