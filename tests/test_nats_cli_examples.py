@@ -4,6 +4,7 @@ sends them (same subjects, bytes and headers), against a real logmesh up."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,44 @@ pytestmark = pytest.mark.timeout(90)
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def examples() -> list[list[str]]:
+def block() -> list[list[str]]:
+    """The block's commands and ``export`` lines, split as the shell splits them."""
     text = README.read_text()
-    block = text[text.index("## Using the nats CLI") :]
-    block = block[block.index("```sh") + 5 : block.index("```", block.index("```sh") + 5)]
-    commands = [shlex.split(line, comments=True) for line in block.splitlines()]
-    return [c for c in commands if c and c[0] == "nats"]
+    section = text[text.index("## Using the nats CLI") :]
+    section = section[section.index("```sh") + 5 : section.index("```", section.index("```sh") + 5)]
+    lines = [shlex.split(line, comments=True) for line in section.splitlines()]
+    return [line for line in lines if line]
+
+
+def examples() -> list[list[str]]:
+    """The nats commands, without the global ``--inbox-prefix X`` (see :func:`inbox_prefix`)."""
+    out = []
+    for line in block():
+        if line[0] == "nats":
+            out.append([a for i, a in enumerate(line) if a != "--inbox-prefix" and line[i - 1] != "--inbox-prefix"])
+    return out
+
+
+def inbox_prefix(line: list[str]) -> str:
+    return line[line.index("--inbox-prefix") + 1] if "--inbox-prefix" in line else "_INBOX"
+
+
+SECRET_FILE = re.compile(r"\$\(cat data/secrets/([a-z-]+)\)")
+
+
+def users(data_dir: Path) -> list[tuple[str, str, str]]:
+    """(user, password, inbox prefix) for each nats command, as the ``export`` lines before it set
+    them (``$(cat data/secrets/NAME)`` read from the data directory of the ``up`` under test)."""
+    env: dict[str, str] = {}
+    out = []
+    for line in block():
+        if line[0] == "export":
+            for assignment in line[1:]:
+                name, _, value = assignment.partition("=")
+                env[name] = SECRET_FILE.sub(lambda m: (data_dir / "secrets" / m[1]).read_text().strip(), value)
+        elif line[0] == "nats":
+            out.append((env["NATS_USER"], env["NATS_PASSWORD"], inbox_prefix(line)))
+    return out
 
 
 def parse_pub(args: list[str]) -> tuple[bool, str, bytes, dict[str, str]]:
@@ -47,7 +80,7 @@ def test_the_readme_lists_every_kind_of_example() -> None:
 
 
 def test_every_nats_cli_example_works(up: Up) -> None:
-    outcomes = asyncio.run(run_examples(up.nats_url))
+    outcomes = asyncio.run(run_examples(up))
     published = [o for o in outcomes if o[0] == "pub"]
     assert len(published) == 3
     acked = [o for o in published if o[1] is not None]
@@ -61,16 +94,23 @@ def test_every_nats_cli_example_works(up: Up) -> None:
     assert "logmesh-sink" in answers["micro ls"]
     assert answers["req logmesh.query.event"]["payload"] == {"amount": 12}
     # The same core publish again: JetStream drops it inside the window, and nothing counts it.
-    asyncio.run(run_examples(up.nats_url, only_first=True))
+    asyncio.run(run_examples(up, only_first=True))
     assert up.settled_stats(arrived=3)["unique_processed"] == 3
 
 
-async def run_examples(url: str, only_first: bool = False) -> list[tuple[str, Any]]:
-    nc = await nats.connect(url)
-    js = nc.jetstream()
+async def run_examples(up: Up, only_first: bool = False) -> list[tuple[str, Any]]:
+    """Each example as the user the README's ``export`` lines name, with its inbox prefix."""
+    url = f"nats://127.0.0.1:{up.nats_port}"
+    connections: dict[tuple[str, str, str], Client] = {}
     out: list[tuple[str, Any]] = []
     try:
-        for args in examples()[:1] if only_first else examples():
+        pairs = list(zip(examples(), users(up.data_dir), strict=True))
+        for args, who in pairs[:1] if only_first else pairs:
+            if who not in connections:
+                user, password, prefix = who
+                connections[who] = await nats.connect(url, user=user, password=password, inbox_prefix=prefix)
+            nc = connections[who]
+            js = nc.jetstream()
             verb = args[1]
             if verb == "pub":
                 acked, subject, body, headers = parse_pub(args[2:])
@@ -99,9 +139,10 @@ async def run_examples(url: str, only_first: bool = False) -> list[tuple[str, An
             elif verb == "req":
                 reply = await _request_until_found(nc, args[2], args[3].encode())
                 out.append((f"req {args[2]}", orjson.loads(reply)))
-        await nc.flush()
+            await nc.flush()
     finally:
-        await nc.close()
+        for nc in connections.values():
+            await nc.close()
     return out
 
 

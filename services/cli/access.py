@@ -43,6 +43,9 @@ def query_token(s: QueryTokenGiven) -> str | None:
     return _first(s.query_token) or read_secret(s.data_dir, QUERY_TOKEN)
 
 
+TOKEN_HINT = "give --%s-token (or its LOGMESH_ variable), or --data-dir where logmesh up keeps its secrets"
+
+
 def bearer(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 

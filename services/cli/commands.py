@@ -14,7 +14,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field
 
-from logmesh.cli.access import QueryTokenGiven, bearer, query_token
+from logmesh.cli.access import TOKEN_HINT, QueryTokenGiven, bearer, query_token
 from logmesh.cli.delivery import deliver
 from logmesh.cli.observe import render_stats, wait_until_drained
 from logmesh.cli.publish import PublishSettings, WorkloadSettings, report_delivery
@@ -194,7 +194,8 @@ def stats_command(args: argparse.Namespace) -> int:
         print(f"logmesh stats: cannot reach {settings.url}: {describe_failure(exc)}", file=sys.stderr)
         return 1
     if stats.status_code != 200:
-        print(f"logmesh stats: {stats.status_code} {stats.text}", file=sys.stderr)
+        hint = f"; {TOKEN_HINT % 'query'}" if stats.status_code in (401, 403) else ""
+        print(f"logmesh stats: {stats.status_code} {stats.text}{hint}", file=sys.stderr)
         return 1
     print(stats.text if settings.raw else render_stats(stats.json()))
     return 0

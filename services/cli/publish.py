@@ -8,7 +8,7 @@ import sys
 
 from pydantic import Field, model_validator
 
-from logmesh.cli.access import IngestTokenGiven, ingest_token, nats_credentials
+from logmesh.cli.access import TOKEN_HINT, IngestTokenGiven, ingest_token, nats_credentials
 from logmesh.cli.delivery import Delivery, OncePerMessage, deliver, wait_for_nats
 from logmesh.cli.runner import Stopping, run
 from logmesh.cli.workload import Rejected, SendReport, Workload, make_workload, send_http, send_nats
@@ -81,7 +81,8 @@ def publish_command(args: argparse.Namespace) -> int:
                 stopping=stopping,
             )
         except Rejected as exc:
-            print(f"logmesh publish: the server refused a batch: {exc}", file=sys.stderr)
+            hint = f"; {TOKEN_HINT % 'ingest'}" if str(exc).startswith(("401", "403")) else ""
+            print(f"logmesh publish: the server refused a batch: {exc}{hint}", file=sys.stderr)
             return 1
         return report_delivery("publish", sent, workload, settings.give_up_after)
 
