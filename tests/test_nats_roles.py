@@ -17,6 +17,7 @@ import pytest
 from nats.aio.client import Client
 
 from logmesh.common.nats_roles import Role, inbox_prefix, password_secret
+from logmesh.common.processes import children
 from logmesh.common.waiting import WaitTimeout, wait_until_async
 from tests.harness import Up, event, jetstream_info, over_nats
 
@@ -209,3 +210,17 @@ def test_the_secrets_are_only_for_their_owner(up: Up) -> None:
     assert oct(directory.stat().st_mode & 0o777) == "0o700"
     for path in directory.iterdir():
         assert oct(path.stat().st_mode & 0o777) == "0o600", path
+
+
+def test_no_secret_is_on_a_command_line_or_in_a_config_file(up: Up) -> None:
+    """``ps`` shows every user's command lines, and the config file may be shown: the passwords go by
+    environment (the server reads them as variables, the sink as its settings)."""
+    assert up.service.proc is not None
+    secrets = [p.read_text().strip() for p in (Path(up.data_dir) / "secrets").iterdir()]
+    pids = children(up.service.proc.pid)
+    assert len(pids) == 2  # nats-server and the sink
+    for pid in [up.service.proc.pid, *pids]:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        assert not [s for s in secrets if s in cmdline], cmdline
+    config = (Path(up.data_dir) / "nats" / "nats-server.conf").read_text()
+    assert "authorization" in config and not [s for s in secrets if s in config]
