@@ -1,4 +1,6 @@
-"""NATS connection and JetStream setup, declared idempotently by whichever service starts first."""
+"""NATS connections: credentials, retries until the server answers, a prompt stop, draining on close.
+
+Also the one import place of the subjects (``subjects``) and the stream setup (``stream_setup``)."""
 
 from __future__ import annotations
 
@@ -11,22 +13,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client
-from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    ConsumerInfo,
-    DeliverPolicy,
-    DiscardPolicy,
-    StorageType,
-    StreamConfig,
-    StreamInfo,
-)
-from nats.js.errors import BadRequestError, NotFoundError
 
 from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.natsio import NatsIo
-from logmesh.common.settings import CommonSettings
+from logmesh.common.stream_setup import (
+    ConsumerInTheWay,
+    StoppedWaiting,
+    ensure_consumer,
+    ensure_stream,
+    stream_config,
+    wait_for_stream,
+)
 from logmesh.common.subjects import (
     LOG_SUBJECT_PREFIX,
     LOG_SUBJECTS,
@@ -78,10 +75,6 @@ def shown_url(url: str) -> str:
         host = parts.netloc.rpartition("@")[2]
         shown.append(urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment)))
     return ",".join(shown)
-
-
-class StoppedWaiting(ConnectionError):
-    """A stop was requested before NATS answered."""
 
 
 @overload
@@ -275,127 +268,3 @@ class NatsLink:
                 await self._connecting
         if self.nc is not None:
             await close(self.nc)
-
-
-def stream_config(settings: CommonSettings) -> StreamConfig:
-    return StreamConfig(
-        name=settings.stream,
-        subjects=[LOG_SUBJECTS, RECEIPT_SUBJECT],
-        storage=StorageType.FILE,
-        duplicate_window=settings.duplicate_window,
-        max_age=settings.max_age,
-        max_bytes=settings.stream_max_bytes,
-        # A full stream refuses new messages (ingest answers 503) rather than dropping unconsumed old ones.
-        discard=DiscardPolicy.NEW,
-        num_replicas=settings.replicas,
-    )
-
-
-_OWNED_FIELDS = ("subjects", "duplicate_window", "max_age", "max_bytes", "discard", "num_replicas")
-
-
-def _differences(have: StreamConfig, want: StreamConfig) -> list[str]:
-    return [
-        f"{f} {getattr(have, f)} (configured {getattr(want, f)})"
-        for f in _OWNED_FIELDS
-        if getattr(have, f) != getattr(want, f)
-    ]
-
-
-async def ensure_stream(js: JetStreamContext, settings: CommonSettings, *, may_update: bool = True) -> StreamInfo:
-    """Creates the stream, or updates the settings logmesh owns if they changed. A service may only
-    create it (``nats_roles``): with ``may_update`` False a stream of another shape is left as it is,
-    and the log says what differs and who may change it."""
-    if settings.duplicate_window > settings.max_age:
-        raise ValueError("duplicate_window must not be longer than max_age")
-    want = stream_config(settings)
-    try:
-        info = await js.stream_info(settings.stream)
-    except NotFoundError:
-        try:
-            return await js.add_stream(want)
-        except BadRequestError:
-            # Another service created it first, perhaps with other settings: fall through to compare.
-            info = await js.stream_info(settings.stream)
-    differences = _differences(info.config, want)
-    if differences and may_update:
-        log.info("updating stream %s to the configured settings: %s", settings.stream, "; ".join(differences))
-        info = await js.update_stream(want)
-    elif differences:
-        log.warning(
-            "stream %s differs from this service's settings (%s); only the admin user may change it "
-            "(logmesh up does at start): running with the stream as it is",
-            settings.stream,
-            "; ".join(differences),
-        )
-    return info
-
-
-async def ensure_consumer(
-    js: JetStreamContext,
-    stream: str,
-    name: str,
-    *,
-    ack_wait: float,
-    max_ack_pending: int,
-) -> ConsumerInfo:
-    """Declares the sink's durable pull consumer (create or update), acks explicit. A consumer whose
-    fixed settings differ (an older ack policy) is replaced: the new one delivers the stream from the
-    start, and the sink skips, by sequence, everything it has already committed."""
-    config = ConsumerConfig(
-        name=name,
-        durable_name=name,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ack_wait,
-        max_ack_pending=max_ack_pending,
-        max_deliver=-1,
-    )
-    try:
-        return await js.add_consumer(stream, config)
-    except BadRequestError as exc:
-        try:
-            await js.consumer_info(stream, name)
-        except NotFoundError:
-            raise exc from None  # no consumer in the way: creating one is refused (a limit, ...)
-        log.warning("consumer %s cannot be updated (%s); replacing it", name, exc.description)
-        try:
-            await js.delete_consumer(stream, name)
-        except TimeoutError:  # a denied request gets no answer: only the admin user may delete
-            raise ConsumerInTheWay(
-                f"consumer {name} on stream {stream} has settings that cannot be updated ({exc.description}) "
-                f"and this user may not delete it: delete it as the admin user (nats consumer rm {stream} {name})"
-            ) from None
-        return await js.add_consumer(stream, config)
-
-
-class ConsumerInTheWay(RuntimeError):
-    """The durable consumer must be replaced, and only the admin user may delete it."""
-
-
-async def wait_for_stream(
-    js: JetStreamContext,
-    settings: CommonSettings,
-    *,
-    stopping: asyncio.Event | None = None,
-    may_update: bool = True,
-) -> StreamInfo:
-    """Declares the stream (see :func:`ensure_stream`), retrying while JetStream is not ready yet
-    (server just started, no quorum); gives up with ``StoppedWaiting`` as soon as ``stopping`` is set."""
-    delay = 0.1
-    warned = False
-    while True:
-        try:
-            return await ensure_stream(js, settings, may_update=may_update)
-        except (TimeoutError, nats.errors.Error, nats.js.errors.ServiceUnavailableError) as exc:
-            if not warned:
-                log.warning("waiting for JetStream (%s)", exc or type(exc).__name__)
-                warned = True
-        if stopping is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), delay)
-            if stopping.is_set():
-                raise StoppedWaiting("stopped while waiting for JetStream")
-        else:
-            await asyncio.sleep(delay)
-        delay = min(delay * 2, 2.0)
