@@ -7,7 +7,7 @@ import asyncio
 import os
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -21,7 +21,7 @@ from logmesh.common.embedded import EmbeddedNats
 from logmesh.common.jetstream import ensure_stream
 from logmesh.common.nats_roles import password_secret
 from logmesh.common.processes import free_port, kill_process, python_command, spawn, stop_process_sync
-from logmesh.common.secrets_store import read_secret
+from logmesh.common.secrets_store import INGEST_TOKEN, QUERY_TOKEN, read_secret
 from logmesh.common.settings import ServiceSettings
 from logmesh.common.waiting import wait_until
 
@@ -93,8 +93,23 @@ class Service:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
 
+class ScopedTokens(httpx.Auth):
+    """The token each request needs: the ingest token for ``POST /publish``, the read token for the
+    rest. A request that brings its own ``Authorization`` keeps it (the tests of refusals)."""
+
+    def __init__(self, ingest: str | None, read: str | None) -> None:
+        self.ingest, self.read = ingest, read
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self.ingest if request.method == "POST" and request.url.path == "/publish" else self.read
+        if token and "authorization" not in request.headers:
+            request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
 class Up:
-    """``logmesh up`` as a separate process: embedded NATS, sink child, ingest + query on one port."""
+    """``logmesh up`` as a separate process: embedded NATS, sink child, ingest + query on one port.
+    Its HTTP client carries the tokens ``up`` generated (``auth``); ``nats_url`` is the admin's."""
 
     def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
         self.data_dir = data_dir
@@ -124,7 +139,13 @@ class Up:
     def start(self) -> Up:
         self.service.start()
         wait_for(self._ready, 30, "logmesh up to be ready")
+        self.http.auth = self.auth
         return self
+
+    @property
+    def auth(self) -> ScopedTokens:
+        """For any client of this ``up`` (``httpx.Client(auth=up.auth)``)."""
+        return ScopedTokens(self.secret(INGEST_TOKEN), self.secret(QUERY_TOKEN))
 
     def _ready(self) -> bool:
         if not self.service.alive():

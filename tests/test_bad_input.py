@@ -234,5 +234,5 @@ def test_large_and_odd_nats_messages(up: Up) -> None:
     letters = up.http.get("/dead-letters").json()["dead_letters"]
     binary = next(d for d in letters if "UTF-8" in d["reason"])
     assert binary["body_bytes"] == len(megabyte_binary) and binary["body_truncated"]
-    with httpx.Client(base_url=up.url) as client:
+    with httpx.Client(base_url=up.url, auth=up.auth) as client:
         assert client.get("/readyz").status_code == 200

@@ -117,7 +117,7 @@ def flowing(up: Up) -> Iterator[Callable[[], None]]:
     stop = threading.Event()
 
     def publish() -> None:
-        with httpx.Client(base_url=up.url, timeout=30) as client:
+        with httpx.Client(base_url=up.url, timeout=30, auth=up.auth) as client:
             for tick in itertools.count():
                 if stop.wait(0.2):
                     return

@@ -57,7 +57,7 @@ def test_ten_concurrent_publishers_of_one_event_store_one_row(up: Up) -> None:
     answers: list[dict[str, Any]] = []
 
     def publish() -> None:
-        with httpx.Client(base_url=up.url, timeout=30) as client:
+        with httpx.Client(base_url=up.url, timeout=30, auth=up.auth) as client:
             barrier.wait()
             resp = client.post("/publish", json=event("race", "same"))
             answers.append(resp.json())

@@ -21,6 +21,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.core.result import Err
 
+from logmesh.common.secrets_store import INGEST_TOKEN, QUERY_TOKEN
 from tests.harness import Up
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(280)]
@@ -38,14 +39,15 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     up.close()
 
 
-def fuzz(operation: Any, url: str, mode: GenerationMode) -> int:
+def fuzz(operation: Any, up: Up, mode: GenerationMode) -> int:
     calls = 0
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck))
     def run(case: Any) -> None:
         nonlocal calls
-        response = case.call(base_url=url, timeout=10)
+        token = up.secret(INGEST_TOKEN if case.path == "/publish" else QUERY_TOKEN)
+        response = case.call(base_url=up.url, timeout=10, headers={"Authorization": f"Bearer {token}"})
         calls += 1
         assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
         if 400 <= response.status_code < 500:
@@ -74,7 +76,7 @@ def test_every_operation_answers_as_described(running: Up) -> None:
             raise result.err()
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            calls[f"{operation.label} {mode.value}"] = fuzz(operation, running.url, mode)
+            calls[f"{operation.label} {mode.value}"] = fuzz(operation, running, mode)
     assert sum(calls.values()) >= 1000, calls
 
 
@@ -105,7 +107,7 @@ _ROUTES = st.one_of(
 
 
 def test_no_query_string_makes_a_route_fail(running: Up) -> None:
-    with httpx.Client(base_url=running.url, timeout=10) as client:
+    with httpx.Client(base_url=running.url, timeout=10, auth=running.auth) as client:
 
         @given(route=_ROUTES, params=_PARAMS)
         @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
