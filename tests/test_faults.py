@@ -157,7 +157,7 @@ def test_broker_crash(nats: NatsServer, tmp_path: Path, service: Callable[..., S
     client retries with the same ids, sink and ingest reconnect by themselves."""
     port = free_port()
     sink = service(sink_args(nats, tmp_path / "data"))
-    ingest = service(["ingest", "--nats-url", nats.url, "--http-port", str(port)])
+    ingest = service(["ingest", "--nats-url", nats.url, "--http-port", str(port), "--no-auth"])
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(url + "/readyz").status_code == 200, 30, "ingest ready")
     workload = make_workload(30_000, 0.35, 10, seed=12)
@@ -179,7 +179,7 @@ def test_ingest_crash_mid_request(nats: NatsServer, tmp_path: Path, service: Cal
     same batch against a new ingest: every event is stored once and every copy counted."""
     ready_sink(service, sink_args(nats, tmp_path / "data"))
     port = free_port()
-    args = ["ingest", "--nats-url", nats.url, "--http-port", str(port)]
+    args = ["ingest", "--nats-url", nats.url, "--http-port", str(port), "--no-auth"]
     dying = service(args, {"LOGMESH_FAILPOINTS": "ingest.after_publish=kill"})
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(url + "/readyz").status_code == 200, 30, "ingest ready")
@@ -253,7 +253,7 @@ def test_a_full_stream_refuses_with_503_rather_than_accept(
     Retry-After for what it cannot store; everything it accepted is stored once the sink runs."""
     port = free_port()
     limits = {"LOGMESH_STREAM_MAX_BYTES": "200000"}
-    service(["ingest", "--nats-url", nats.url, "--http-port", str(port)], limits)
+    service(["ingest", "--nats-url", nats.url, "--http-port", str(port), "--no-auth"], limits)
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(url + "/readyz").status_code == 200, 30, "ingest ready")
     workload = make_workload(5000, 0.0, 5, seed=18)

@@ -19,9 +19,9 @@ def test_services_start_in_any_order_and_wait_for_nats(tmp_path: Path, service: 
     ingest_port, query_port = free_port(), free_port()
     url = ["--nats-url", nats.url]
     services = [
-        service(["query", *url, "--http-port", str(query_port)]),
+        service(["query", *url, "--http-port", str(query_port), "--no-auth"]),
         service(["sink", *url, "--data-dir", str(tmp_path / "data")]),
-        service(["ingest", *url, "--http-port", str(ingest_port)]),
+        service(["ingest", *url, "--http-port", str(ingest_port), "--no-auth"]),
     ]
     ingest = httpx.Client(base_url=f"http://127.0.0.1:{ingest_port}", timeout=10)
     query = httpx.Client(base_url=f"http://127.0.0.1:{query_port}", timeout=10)

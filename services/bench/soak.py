@@ -41,8 +41,9 @@ class Services:
         url = ["--nats-url", self.nats.url, "--log-level", "error", "--duplicate-window", "5"]
         return {
             "sink": ["sink", *url, "--data-dir", str(self.root / "data"), "--ack-wait", "5"],
-            "ingest": ["ingest", *url, "--http-port", str(self.ingest_port)],
-            "query": ["query", *url, "--http-port", str(self.query_port)],
+            # Load and kills on loopback: the soak measures delivery, not authentication.
+            "ingest": ["ingest", *url, "--http-port", str(self.ingest_port), "--no-auth"],
+            "query": ["query", *url, "--http-port", str(self.query_port), "--no-auth"],
         }[name]
 
     async def start(self, name: str) -> None:

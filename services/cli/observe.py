@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -25,11 +26,18 @@ def drained(stats: dict[str, Any]) -> bool:
     return bool(consumer) and consumer["pending"] == 0 and consumer["ack_pending"] == 0
 
 
-async def wait_until_drained(url: str, timeout: float, *, at_least: int = 0) -> dict[str, Any]:
+async def wait_until_drained(
+    url: str,
+    timeout: float,
+    *,
+    at_least: int = 0,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Polls ``/stats`` until the sink has processed everything in the stream (and at least
-    ``at_least`` events arrived), or raises ``TimeoutError`` with the last figures."""
+    ``at_least`` events arrived), or raises ``TimeoutError`` with the last figures. ``headers`` go
+    with every request (a read token)."""
     last: dict[str, Any] = {}
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, headers=headers) as client:
 
         async def caught_up() -> dict[str, Any] | None:
             nonlocal last

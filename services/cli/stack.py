@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 
 from logmesh.cli.runner import start_server, stop_server
 from logmesh.cli.sink_metrics import SinkMetricsRelay
+from logmesh.common.auth import INGEST, READ, AccessScope, Authenticator
 from logmesh.common.claims import DirLock, listen_socket, lock_data_dir
 from logmesh.common.embedded import EmbeddedNats, nats_answers
 from logmesh.common.http import Component, EmbeddedServer, bound_port, build_app
@@ -25,10 +26,12 @@ from logmesh.common.settings import (
     CommonSettings,
     DataDir,
     EmbeddedNatsPort,
+    HttpAuth,
     HttpListen,
     Port,
     flag_name,
 )
+from logmesh.common.tokens import first_token
 from logmesh.common.waiting import wait_until_async
 from logmesh.ingest.app import Ingest
 from logmesh.ingest.settings import IngestSettings
@@ -53,23 +56,41 @@ class UpSettings(CommonSettings, DataDir, HttpListen, EmbeddedNatsPort):
         return "127.0.0.1" if self.metrics_port is None else self.host
 
 
+def up_authenticator(settings: HttpAuth) -> Authenticator | None:
+    """The tokens of ``up``'s (and ``demo``'s) HTTP port: both scopes, since it serves both.
+
+    TEMPORARY, to be replaced when ``up`` generates its tokens: given no token at all, ``up`` serves
+    without authentication, as with ``--no-auth`` (``build_app`` logs the warning)."""
+    given = (settings.ingest_token, settings.query_token, settings.ingest_token_file, settings.query_token_file)
+    if not any(given):
+        return None
+    return Authenticator.from_settings(settings, needs=[INGEST, READ])
+
+
 def _components(
-    ingest_settings: IngestSettings, query_settings: QuerySettings, sink_metrics_host: str = "127.0.0.1"
+    ingest_settings: IngestSettings,
+    query_settings: QuerySettings,
+    sink_metrics_host: str = "127.0.0.1",
+    auth: Authenticator | None = None,
 ) -> tuple[list[Component], SinkMetricsRelay, Starlette]:
     registry = CollectorRegistry()
-    query = Query(query_settings)
+    query = Query(query_settings, signed_in=auth is not None)
     parts: list[Component] = [Ingest(ingest_settings, registry), query]
     relay = SinkMetricsRelay(query.ask_sink, registry, sink_metrics_host)
-    return parts, relay, build_app("logmesh", parts, registry, [relay.exposition])
+    return parts, relay, build_app("logmesh", parts, registry, [relay.exposition], auth=auth)
 
 
-def combined_app(ingest_settings: IngestSettings, query_settings: QuerySettings) -> Starlette:
-    return _components(ingest_settings, query_settings)[2]
+def combined_app(
+    ingest_settings: IngestSettings, query_settings: QuerySettings, auth: Authenticator | None = None
+) -> Starlette:
+    return _components(ingest_settings, query_settings, auth=auth)[2]
 
 
 class Stack:
     def __init__(self, settings: UpSettings, *, command: str = "up", sink_log_level: str | None = None) -> None:
         self.settings = settings
+        # Before anything starts: a token missing or unreadable is a settings error (exit 2).
+        self._auth = up_authenticator(settings)
         self.command = f"logmesh {command}"
         self.sink_log_level = sink_log_level or settings.log_level
         self.nats: EmbeddedNats | None = None
@@ -123,10 +144,22 @@ class Stack:
             **self._common(),
         }
         self._parts, self._sink_metrics, app = _components(
-            IngestSettings(**http), QuerySettings(**http), s.sink_metrics_host
+            IngestSettings(**http), QuerySettings(**http), s.sink_metrics_host, self._auth
         )
         self._server, self._serving = await start_server(app, self._listener)
         self.http_url = f"http://{s.host}:{bound_port(self._server)}"
+
+    def client_options(self, scope: AccessScope) -> dict[str, Any]:
+        """``httpx`` client options for this process's own requests to its HTTP port (``demo``
+        publishing and reading its stats): a token of ``scope`` when authentication is on."""
+        s, options = self.settings, dict[str, Any]()
+        if self._auth is not None:
+            setting, file = (
+                (s.ingest_token, s.ingest_token_file) if scope == INGEST else (s.query_token, s.query_token_file)
+            )
+            token = first_token(setting, file, f"{scope} token")
+            options["headers"] = {"Authorization": f"Bearer {(token or b'').decode()}"}
+        return options
 
     async def sink_metrics_port(self) -> int | None:
         """The port the sink serves its own metrics on, as it says; None if it serves none."""

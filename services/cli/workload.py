@@ -9,7 +9,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -106,9 +106,11 @@ async def send_http(
     *,
     show_progress: bool = True,
     report: SendReport | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> SendReport:
     """POSTs the batches from ``clients`` concurrent senders, retrying each until it is accepted
-    (for ever: the caller bounds the time, see ``logmesh.cli.delivery``)."""
+    (for ever: the caller bounds the time, see ``logmesh.cli.delivery``). ``headers`` go with every
+    request (an ``Authorization``)."""
     bodies = [(orjson.dumps(list(b)), len(b)) for b in batches]
     report = report if report is not None else SendReport()
     queue: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
@@ -117,7 +119,7 @@ async def send_http(
     progress = _progress(sum(n for _, n in bodies), show_progress, "publish (HTTP)")
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     report.first_send = time.time()
-    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=60, limits=limits, headers=headers) as client:
 
         async def worker() -> None:
             while not queue.empty():
