@@ -1,15 +1,17 @@
-"""HTTP authentication: two scopes of bearer tokens, the dashboard's login.
+"""HTTP authentication: two scopes of bearer tokens, the dashboard's login, HTTPS.
 
 Most of it in process, straight through ASGI without the lifespan: nothing connects to NATS, so a
 data route that lets a request through answers 503 (or 422), and what is checked is 401, 403 or
-let through. Commands refused for a missing token run as real processes."""
+let through. Commands refused for a missing token, and HTTPS, run as real processes."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
 import re
+import ssl
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from playwright.sync_api import sync_playwright
@@ -27,14 +30,14 @@ from logmesh.cli.stack import UpSettings, combined_app, up_authenticator
 from logmesh.common import tokens
 from logmesh.common.auth import INGEST, READ, Authenticator
 from logmesh.common.processes import free_port, python_command
-from logmesh.common.settings import SettingsError
+from logmesh.common.settings import SettingsError, settings_from_args
 from logmesh.common.tokens import TokenSet, digest
 from logmesh.common.waiting import wait_until_async
 from logmesh.ingest.app import create_app as ingest_app
 from logmesh.ingest.settings import IngestSettings
 from logmesh.query.app import create_app as query_app
 from logmesh.query.settings import QuerySettings
-from tests.harness import Up, event, wait_for
+from tests.harness import Service, Up, event, wait_for
 from tests.test_dashboard import CHROMIUM_FLAGS, RECORD_VIOLATIONS, chromium
 
 pytestmark = pytest.mark.timeout(60)
@@ -420,6 +423,59 @@ def test_a_service_without_its_token_exits_2_with_one_line(tmp_path: Path) -> No
         "logmesh query: --query-token (LOGMESH_QUERY_TOKEN): token 2 is not visible ASCII without spaces, "
         "as a Bearer header needs"
     ]
+
+
+# ---- HTTPS ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def write_pair(ca: trustme.CA, where: Path) -> tuple[Path, Path]:
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key = where / "cert.pem", where / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    return cert, key
+
+
+def test_tls_settings_take_both_files_or_neither_and_a_matching_pair(ca: trustme.CA, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cert, _ = write_pair(ca, tmp_path / "a")
+    _, other_key = write_pair(ca, tmp_path / "b")
+
+    def refusal(**given: Any) -> str:
+        with pytest.raises(SettingsError) as refused:
+            settings_from_args(QuerySettings, argparse.Namespace(**given))
+        return str(refused.value)
+
+    assert refusal(tls_cert=str(cert)) == "--tls-cert and --tls-key go together: give both or neither"
+    assert refusal(tls_cert=str(cert), tls_key=str(other_key)).startswith(
+        f"TLS certificate {cert} and key {other_key}: not a PEM certificate and its key"
+    )
+
+
+def test_https_end_to_end(ca: trustme.CA, tmp_path: Path, service: Callable[..., Service]) -> None:
+    cert, key = write_pair(ca, tmp_path)
+    port = free_port()
+    args = ["query", "--nats-url", f"nats://127.0.0.1:{free_port()}", "--http-port", str(port)]
+    query = service([*args, "--tls-cert", str(cert), "--tls-key", str(key), "--query-token", "tls-read"])
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+    with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=trusted, timeout=10) as c:
+        assert wait_for(lambda: c.get("/healthz").status_code == 200, 30, "query over https")
+        assert c.get("/stats").status_code == 401
+        assert c.get("/stats", headers={"authorization": "Bearer tls-read"}).status_code == 503  # no NATS
+        signed_in = c.post("/login", data={"token": "tls-read"})
+        assert signed_in.status_code == 303 and "Secure" in cookie_of(signed_in)[1]
+    with pytest.raises(httpx.TransportError):  # plain HTTP gets no answer on the HTTPS port
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    wait_for(lambda: f"query listening on https://127.0.0.1:{port}" in query.log(), 10, "the ready line")
+    assert "tls-read" not in query.log()
+    assert query.stop() == 0
 
 
 # ---- any Authorization header at all ---------------------------------------------------------------

@@ -30,6 +30,7 @@ from logmesh.common.settings import (
     EmbeddedNatsPort,
     HttpAuth,
     HttpListen,
+    HttpTls,
     HttpUrl,
     ListenPort,
     LogmeshSettings,
@@ -110,7 +111,7 @@ def demo_command(args: argparse.Namespace) -> int:
         host=settings.host,
         http_port=settings.http_port,
         nats_port=settings.nats_port,
-        **{name: getattr(settings, name) for name in HttpAuth.model_fields},
+        **{name: getattr(settings, name) for name in (*HttpAuth.model_fields, *HttpTls.model_fields)},
     )
     workload = make_workload(settings.events, settings.dup, settings.topics, settings.run_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,12 +33,13 @@ async def wait_until_drained(
     *,
     at_least: int = 0,
     headers: Mapping[str, str] | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> dict[str, Any]:
     """Polls ``/stats`` until the sink has processed everything in the stream (and at least
-    ``at_least`` events arrived), or raises ``TimeoutError`` with the last figures. ``headers`` go
-    with every request (a read token)."""
+    ``at_least`` events arrived), or raises ``TimeoutError`` with the last figures. ``headers`` and
+    ``verify`` as for the client (a read token, trusted certificates)."""
     last: dict[str, Any] = {}
-    async with httpx.AsyncClient(timeout=10, headers=headers) as client:
+    async with httpx.AsyncClient(timeout=10, headers=headers, verify=verify) as client:
 
         async def caught_up() -> dict[str, Any] | None:
             nonlocal last

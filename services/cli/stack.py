@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import subprocess
 from typing import Any
 
@@ -146,12 +147,13 @@ class Stack:
         self._parts, self._sink_metrics, app = _components(
             IngestSettings(**http), QuerySettings(**http), s.sink_metrics_host, self._auth
         )
-        self._server, self._serving = await start_server(app, self._listener)
-        self.http_url = f"http://{s.host}:{bound_port(self._server)}"
+        self._server, self._serving = await start_server(app, self._listener, s)
+        self.http_url = f"{s.http_scheme}://{s.host}:{bound_port(self._server)}"
 
     def client_options(self, scope: AccessScope) -> dict[str, Any]:
         """``httpx`` client options for this process's own requests to its HTTP port (``demo``
-        publishing and reading its stats): a token of ``scope`` when authentication is on."""
+        publishing and reading its stats): a token of ``scope`` when authentication is on, and
+        trust in exactly the certificate served (whatever host name it carries) with TLS."""
         s, options = self.settings, dict[str, Any]()
         if self._auth is not None:
             setting, file = (
@@ -159,6 +161,11 @@ class Stack:
             )
             token = first_token(setting, file, f"{scope} token")
             options["headers"] = {"Authorization": f"Bearer {(token or b'').decode()}"}
+        if s.tls_cert is not None:
+            pinned = ssl.create_default_context(cafile=str(s.tls_cert))
+            pinned.check_hostname = False
+            pinned.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the certificate itself is trusted
+            options["verify"] = pinned
         return options
 
     async def sink_metrics_port(self) -> int | None:

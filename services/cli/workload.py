@@ -7,6 +7,7 @@ import asyncio
 import os
 import random
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
@@ -107,10 +108,11 @@ async def send_http(
     show_progress: bool = True,
     report: SendReport | None = None,
     headers: Mapping[str, str] | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> SendReport:
     """POSTs the batches from ``clients`` concurrent senders, retrying each until it is accepted
     (for ever: the caller bounds the time, see ``logmesh.cli.delivery``). ``headers`` go with every
-    request (an ``Authorization``)."""
+    request (an ``Authorization``); ``verify`` is httpx's."""
     bodies = [(orjson.dumps(list(b)), len(b)) for b in batches]
     report = report if report is not None else SendReport()
     queue: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
@@ -119,7 +121,9 @@ async def send_http(
     progress = _progress(sum(n for _, n in bodies), show_progress, "publish (HTTP)")
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     report.first_send = time.time()
-    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=60, limits=limits, headers=headers) as client:
+    async with httpx.AsyncClient(
+        base_url=url.rstrip("/"), timeout=60, limits=limits, headers=headers, verify=verify
+    ) as client:
 
         async def worker() -> None:
             while not queue.empty():

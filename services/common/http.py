@@ -27,6 +27,7 @@ from logmesh.common.login import LOGIN_PATHS, Login, describe_token_in_url
 from logmesh.common.metrics import Exposition, RequestMetrics, metrics_route
 from logmesh.common.openapi import Health, Ready, json_content, openapi, responses
 from logmesh.common.security_headers import SecurityHeaders
+from logmesh.common.settings import HttpTls
 
 __all__ = ["ApiError", "FastJSONResponse", "error_response"]
 
@@ -187,7 +188,9 @@ def build_app(
     )
 
 
-def make_server(app: Starlette, host: str, port: int) -> EmbeddedServer:
+def make_server(app: Starlette, host: str, port: int, tls: HttpTls | None = None) -> EmbeddedServer:
+    """A server for ``app``; HTTPS when ``tls`` names a certificate and its key."""
+    certificate, key = (tls.tls_cert, tls.tls_key) if tls is not None else (None, None)
     config = uvicorn.Config(
         app,
         host=host,
@@ -196,6 +199,8 @@ def make_server(app: Starlette, host: str, port: int) -> EmbeddedServer:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        ssl_certfile=certificate,
+        ssl_keyfile=key,
     )
     return EmbeddedServer(config)
 
