@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from logmesh.common.natsio import NatsIo
-from tests.harness import NatsServer, Service, Up
+from tests.harness import SERVICE_TOKENS, NatsServer, Service, Up
 
 # Every sink a test starts serves its metrics on a port of its own.
 os.environ.setdefault("LOGMESH_METRICS_PORT", "0")
@@ -73,12 +73,13 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     """Starts ``logmesh <command>`` processes, logging to the test's directory, and kills whatever is
-    still running after the test, passed or failed."""
+    still running after the test, passed or failed. Ingest and query get the tokens of
+    ``SERVICE_TOKENS`` (their clients: ``auth=SERVICE_AUTH``) unless ``env`` says otherwise."""
     started: list[Service] = []
 
     def start(args: list[str], env: dict[str, str] | None = None, name: str | None = None) -> Service:
         log = tmp_path / f"{name or args[0]}-{len(started)}.log"
-        svc = Service(args, env, log_path=log).start()
+        svc = Service(args, {**SERVICE_TOKENS, **(env or {})}, log_path=log).start()
         started.append(svc)
         return svc
 

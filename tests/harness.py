@@ -107,6 +107,11 @@ class ScopedTokens(httpx.Auth):
         yield request
 
 
+# What the ``service`` fixture gives every ingest and query it starts, and their clients use.
+SERVICE_TOKENS = {"LOGMESH_INGEST_TOKEN": "tests-ingest-token", "LOGMESH_QUERY_TOKEN": "tests-query-token"}
+SERVICE_AUTH = ScopedTokens(SERVICE_TOKENS["LOGMESH_INGEST_TOKEN"], SERVICE_TOKENS["LOGMESH_QUERY_TOKEN"])
+
+
 class Up:
     """``logmesh up`` as a separate process: embedded NATS, sink child, ingest + query on one port.
     Its HTTP client carries the tokens ``up`` generated (``auth``); ``nats_url`` is the admin's."""

@@ -127,7 +127,7 @@ def test_a_timestamp_ingest_cannot_keep_is_a_422_naming_it(timestamp: str, messa
     """In the real ingest app, before it needs NATS: validation comes first."""
 
     async def post() -> httpx.Response:
-        app = create_app(IngestSettings())
+        app = create_app(IngestSettings(no_auth=True))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as client:
             return await client.post("/publish", json={**event("t", "e1"), "timestamp": timestamp})
 

@@ -23,7 +23,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 LOGGING = {"--log-level", "--log-format"}
 STREAM_SHAPE = {"--duplicate-window", "--max-age", "--stream-max-bytes", "--replicas"}
 WORKLOAD = {"--events", "--dup", "--topics", "--batch", "--clients", "--run-id"}
-HTTP = {"--host", "--http-port"}
+HTTP_AUTH = {"--ingest-token", "--query-token", "--ingest-token-file", "--query-token-file", "--no-auth"}
+HTTP = {"--host", "--http-port", "--tls-cert", "--tls-key"} | HTTP_AUTH
 
 # What each command uses: its --help lists exactly these (and -h).
 FLAGS = {

@@ -1,6 +1,7 @@
 """The dashboard page and its files as served: markup with nothing inline that the
 Content-Security-Policy blocks, each linked file with its content type, and caching that picks up
-a new version at once (the browser test, tests/test_dashboard.py, runs the page itself)."""
+a new version at once (the browser test, tests/test_dashboard.py, runs the page itself). The login
+page likewise, and the sign-out form only where people sign in."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class _Page(HTMLParser):
         super().__init__()
         self.links: dict[str, str] = {}  # kind -> URL
         self.inline: list[str] = []
+        self.forms: list[dict[str, str | None]] = []
+        self.inputs: list[dict[str, str | None]] = []
         self._in_script = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -44,6 +47,10 @@ class _Page(HTMLParser):
             self.links["script"] = found["src"] or ""
         elif tag == "link" and found.get("rel") in ("stylesheet", "icon"):
             self.links[found["rel"] or ""] = found["href"] or ""
+        elif tag == "form":
+            self.forms.append(found)
+        elif tag == "input":
+            self.inputs.append(found)
 
     def handle_endtag(self, tag: str) -> None:
         self._in_script = self._in_script and tag != "script"
@@ -53,8 +60,14 @@ class _Page(HTMLParser):
             self.inline.append(f"script text {data[:40]!r}")
 
 
+def parsed(page: str) -> _Page:
+    parser = _Page()
+    parser.feed(page)
+    return parser
+
+
 async def _fetch_all() -> dict[str, httpx.Response]:
-    app = create_app(QuerySettings())
+    app = create_app(QuerySettings(no_auth=True))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
         page = await client.get("/")
         parser = _Page()
@@ -113,3 +126,48 @@ def test_each_linked_file_is_served_with_its_type_and_kept_while_current(
 
 def test_the_icon_is_a_png(answers: dict[str, httpx.Response]) -> None:
     assert answers["icon"].content.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_without_authentication_the_page_offers_no_sign_out(answers: dict[str, httpx.Response]) -> None:
+    assert parsed(answers["page"].text).forms == []
+
+
+TOKEN = "read-token-for-the-page"
+
+
+async def _fetch_signed_in() -> dict[str, httpx.Response]:
+    app = create_app(QuerySettings(query_token=TOKEN))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
+        login = await client.get("/login")
+        stylesheet = await client.get("/" + parsed(login.text).links["stylesheet"])
+        refused = await client.post("/login", data={"token": "not-it"})
+        page = await client.get("/", headers={"authorization": f"Bearer {TOKEN}"})
+        return {"login": login, "stylesheet": stylesheet, "refused": refused, "page": page}
+
+
+@pytest.fixture(scope="module")
+def signed_in() -> dict[str, httpx.Response]:
+    return asyncio.run(_fetch_signed_in())
+
+
+def test_the_login_page_is_a_form_with_nothing_inline(signed_in: dict[str, httpx.Response]) -> None:
+    for name in ("login", "refused"):
+        page = parsed(signed_in[name].text)
+        assert signed_in[name].headers["content-type"] == "text/html; charset=utf-8"
+        assert page.inline == [], (name, page.inline)
+        assert set(page.links) == {"stylesheet"}
+        assert not page.links["stylesheet"].startswith("/") and "//" not in page.links["stylesheet"]
+        # Posted to this origin (the policy's form-action 'self'), the token as a password field.
+        assert page.forms == [{"method": "post", "action": "login"}]
+        assert [(i["name"], i["type"]) for i in page.inputs] == [("token", "password")]
+    assert signed_in["login"].status_code == 200 and signed_in["refused"].status_code == 401
+    assert "not recognised" in signed_in["refused"].text
+    assert "not-it" not in signed_in["refused"].text
+    stylesheet = signed_in["stylesheet"]
+    assert stylesheet.status_code == 200 and stylesheet.headers["content-type"] == "text/css; charset=utf-8"
+
+
+def test_a_signed_in_page_offers_to_sign_out(signed_in: dict[str, httpx.Response]) -> None:
+    page = signed_in["page"]
+    assert page.status_code == 200
+    assert parsed(page.text).forms == [{"class": "sign-out", "method": "post", "action": "logout"}]

@@ -18,9 +18,12 @@ import httpx
 import orjson
 import pytest
 
+from logmesh.cli.access import bearer
 from logmesh.cli.workload import SendReport, Workload, make_workload, send_http, send_nats
 from logmesh.common.processes import free_port
 from tests.harness import (
+    SERVICE_AUTH,
+    SERVICE_TOKENS,
     NatsServer,
     Service,
     event,
@@ -161,11 +164,17 @@ def test_broker_crash(nats: NatsServer, tmp_path: Path, service: Callable[..., S
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(url + "/readyz").status_code == 200, 30, "ingest ready")
     workload = make_workload(30_000, 0.35, 10, seed=12)
-    publisher = Background(lambda: send_http(url, workload.batches(250), 2, show_progress=False))
+    publisher = Background(
+        lambda: send_http(
+            url, workload.batches(250), 2, show_progress=False, headers=bearer(SERVICE_TOKENS["LOGMESH_INGEST_TOKEN"])
+        )
+    )
     publisher.start()
     wait_for(lambda: jetstream_info(nats.url)[0].state.messages > 3000, 30, "publishing under way")
     nats.kill()
-    wait_for(lambda: httpx.post(url + "/publish", json=event()).status_code == 503, 20, "ingest to refuse")
+    wait_for(
+        lambda: httpx.post(url + "/publish", json=event(), auth=SERVICE_AUTH).status_code == 503, 20, "ingest to refuse"
+    )
     nats.start()
     report = publisher.outcome()
     assert report.accepted >= 30_000 and any("503" in e for e in report.errors)
@@ -185,11 +194,11 @@ def test_ingest_crash_mid_request(nats: NatsServer, tmp_path: Path, service: Cal
     wait_for(lambda: httpx.get(url + "/readyz").status_code == 200, 30, "ingest ready")
     workload = make_workload(1000, 0.0, 5, seed=13)
     with pytest.raises(httpx.TransportError):
-        httpx.post(url + "/publish", json=workload.events, timeout=30)
+        httpx.post(url + "/publish", json=workload.events, timeout=30, auth=SERVICE_AUTH)
     assert dying.proc is not None and dying.proc.wait(10) == -9
     service(args)
     wait_for(lambda: httpx.get(url + "/readyz").status_code == 200, 30, "the new ingest ready")
-    answer = httpx.post(url + "/publish", json=workload.events, timeout=30).json()
+    answer = httpx.post(url + "/publish", json=workload.events, timeout=30, auth=SERVICE_AUTH).json()
     assert answer == {"accepted": 1000, "duplicates": 1000, "stored": 0}
     wait_for(lambda: settled(nats.url), 30, "the sink to catch up")
     stats = assert_exact(nats.url, workload)
@@ -261,7 +270,7 @@ def test_a_full_stream_refuses_with_503_rather_than_accept(
     refused = None
     refused_batch: list[dict[str, Any]] = []
     for batch in workload.batches(100):
-        resp = httpx.post(url + "/publish", json=batch, timeout=30)
+        resp = httpx.post(url + "/publish", json=batch, timeout=30, auth=SERVICE_AUTH)
         if resp.status_code == 503:
             refused, refused_batch = resp, batch
             break

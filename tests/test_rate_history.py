@@ -209,7 +209,7 @@ def test_the_route_is_served_and_described() -> None:
     assert "/stats/history" in QUERY_PATHS
 
     async def ask() -> tuple[httpx.Response, httpx.Response, dict[str, Any]]:
-        app = create_app(QuerySettings())  # no lifespan: the recorder is not started, the history is empty
+        app = create_app(QuerySettings(no_auth=True))  # no lifespan: the recorder is not started, the history is empty
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
             answer = await client.get("/stats/history")
             refused = await client.get("/stats/history", params={"since": "yesterday"})

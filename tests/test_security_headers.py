@@ -27,9 +27,11 @@ from tests.harness import Up, event
 
 pytestmark = pytest.mark.timeout(60)
 
+# Without authentication, so that every route answers for itself; tests/test_http_auth.py checks
+# the headers on the 401, 403 and 303 answers of authentication.
 APPS: dict[str, Callable[[], Starlette]] = {
-    "ingest": lambda: ingest_app(IngestSettings()),
-    "query": lambda: query_app(QuerySettings()),
+    "ingest": lambda: ingest_app(IngestSettings(no_auth=True)),
+    "query": lambda: query_app(QuerySettings(no_auth=True)),
     "up": lambda: combined_app(IngestSettings(), QuerySettings()),
 }
 PUBLISH_BODY = orjson.dumps([event("headers", "h-1")])

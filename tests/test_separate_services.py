@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from logmesh.common.processes import free_port
-from tests.harness import NatsServer, Service, event, wait_for
+from tests.harness import SERVICE_AUTH, NatsServer, Service, event, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -23,8 +23,8 @@ def test_services_start_in_any_order_and_wait_for_nats(tmp_path: Path, service: 
         service(["sink", *url, "--data-dir", str(tmp_path / "data")]),
         service(["ingest", *url, "--http-port", str(ingest_port)]),
     ]
-    ingest = httpx.Client(base_url=f"http://127.0.0.1:{ingest_port}", timeout=10)
-    query = httpx.Client(base_url=f"http://127.0.0.1:{query_port}", timeout=10)
+    ingest = httpx.Client(base_url=f"http://127.0.0.1:{ingest_port}", timeout=10, auth=SERVICE_AUTH)
+    query = httpx.Client(base_url=f"http://127.0.0.1:{query_port}", timeout=10, auth=SERVICE_AUTH)
     try:
         # Up, but not ready: there is no NATS yet.
         wait_for(lambda: ingest.get("/healthz").status_code == 200, 20, "ingest to answer")

@@ -22,6 +22,7 @@ import nats
 
 from logmesh.bench import truth
 from logmesh.bench.soak_command import SoakSettings
+from logmesh.cli.access import bearer
 from logmesh.cli.up_secrets import UpAuth
 from logmesh.cli.workload import Workload, make_workload, send_http, send_nats
 from logmesh.common.embedded import EmbeddedNats
@@ -50,6 +51,7 @@ class Services:
         url = ["--nats-url", self.nats.url, "--log-level", "error", "--duplicate-window", "5"]
         return {
             "sink": ["sink", *url, "--data-dir", str(self.root / "data"), "--ack-wait", "5"],
+            # Load and kills on loopback: the soak measures delivery, not authentication.
             "ingest": ["ingest", *url, "--http-port", str(self.ingest_port)],
             "query": ["query", *url, "--http-port", str(self.query_port)],
         }[name]
@@ -136,7 +138,9 @@ async def soak(s: SoakSettings) -> dict[str, Any]:
     until = time.monotonic() + s.duration
 
     async def via_http(batches: list[list[dict[str, Any]]]) -> Any:
-        return await send_http(ingest_url, batches, 1, show_progress=False, token=services.auth.get(INGEST_TOKEN))
+        return await send_http(
+            ingest_url, batches, 1, show_progress=False, headers=bearer(services.auth.get(INGEST_TOKEN))
+        )
 
     async def via_nats(batches: list[list[dict[str, Any]]]) -> Any:
         return await send_nats(

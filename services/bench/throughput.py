@@ -16,6 +16,7 @@ import orjson
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from logmesh.bench.procs import UpProcess, peak_rss_mib
+from logmesh.cli.access import bearer
 from logmesh.cli.observe import wait_until_drained
 from logmesh.cli.workload import SendReport, Workload, make_workload, send_http, send_nats
 from logmesh.common.embedded import EmbeddedNats
@@ -30,7 +31,9 @@ Sender = Callable[[UpProcess, Workload], Awaitable[SendReport]]
 
 def http_sender(batch: int, clients: int) -> Sender:
     async def send(up: UpProcess, w: Workload) -> SendReport:
-        return await send_http(up.http_url, w.batches(batch), clients, show_progress=False, token=up.ingest_token)
+        return await send_http(
+            up.http_url, w.batches(batch), clients, show_progress=False, headers=bearer(up.ingest_token)
+        )
 
     return send
 
@@ -56,7 +59,9 @@ async def pipeline(
     workload = make_workload(events, dup, topics)
     async with UpProcess(name, auth=auth) as up:
         report = await send(up, workload)
-        stats = await wait_until_drained(up.http_url, timeout=900, at_least=report.accepted, token=up.query_token)
+        stats = await wait_until_drained(
+            up.http_url, timeout=900, at_least=report.accepted, headers=bearer(up.query_token)
+        )
         sink = up.sink_pid()
         elapsed = stats["sink"]["last_commit_at"] - report.first_send
         return {

@@ -22,13 +22,16 @@ from logmesh.cli.publish import register as register_publish
 from logmesh.cli.runner import Stopping, refuse, run
 from logmesh.cli.stack import Stack, UpSettings
 from logmesh.cli.workload import SendReport, describe_failure, make_workload, send_http
+from logmesh.common.auth import INGEST, READ
 from logmesh.common.claims import Refused
 from logmesh.common.jetstream import shown_url
 from logmesh.common.logs import setup_logging
 from logmesh.common.settings import (
     DataDirPath,
     EmbeddedNatsPort,
+    HttpAuth,
     HttpListen,
+    HttpTls,
     HttpUrl,
     ListenPort,
     NatsPort,
@@ -107,6 +110,7 @@ def demo_command(args: argparse.Namespace) -> int:
         host=settings.host,
         http_port=settings.http_port,
         nats_port=settings.nats_port,
+        **{name: getattr(settings, name) for name in (*HttpAuth.model_fields, *HttpTls.model_fields)},
     )
     workload = make_workload(settings.events, settings.dup, settings.topics, settings.run_id)
 
@@ -127,7 +131,14 @@ def demo_command(args: argparse.Namespace) -> int:
             show = sys.stderr.isatty()
 
             async def send(report: SendReport) -> SendReport:
-                return await send_http(stack.http_url, batches, settings.clients, show_progress=show, report=report)
+                return await send_http(
+                    stack.http_url,
+                    batches,
+                    settings.clients,
+                    show_progress=show,
+                    report=report,
+                    **stack.client_options(INGEST),
+                )
 
             sent = await deliver(
                 send,
@@ -138,7 +149,9 @@ def demo_command(args: argparse.Namespace) -> int:
             )
             if not sent.complete:
                 return report_delivery("demo", sent, workload, DEMO_GIVE_UP_AFTER)
-            stats = await wait_until_drained(stack.http_url, timeout=120, at_least=sent.report.accepted)
+            stats = await wait_until_drained(
+                stack.http_url, timeout=120, at_least=sent.report.accepted, **stack.client_options(READ)
+            )
             ok = _print_outcome(stats, workload.unique, sent.report)
             if settings.serve:
                 print(f"serving {stack.http_url} until Ctrl+C", flush=True)

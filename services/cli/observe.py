@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
-from logmesh.cli.access import bearer
 from logmesh.common.waiting import WaitTimeout, wait_until_async
 
 
-async def get_stats(url: str, client: httpx.AsyncClient | None = None, *, token: str | None = None) -> dict[str, Any]:
-    if client is None:
-        async with httpx.AsyncClient(timeout=10) as own:
-            return await get_stats(url, own, token=token)
-    resp = await client.get(url.rstrip("/") + "/stats", headers=bearer(token))
+async def get_stats(url: str, client: httpx.AsyncClient) -> dict[str, Any]:
+    resp = await client.get(url.rstrip("/") + "/stats")
     resp.raise_for_status()
     result: dict[str, Any] = resp.json()
     return result
@@ -27,16 +25,22 @@ def drained(stats: dict[str, Any]) -> bool:
 
 
 async def wait_until_drained(
-    url: str, timeout: float, *, at_least: int = 0, token: str | None = None
+    url: str,
+    timeout: float,
+    *,
+    at_least: int = 0,
+    headers: Mapping[str, str] | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> dict[str, Any]:
-    """Polls ``/stats`` (with the read ``token``) until the sink has processed everything in the
-    stream (and at least ``at_least`` events arrived), or raises ``TimeoutError`` with the last figures."""
+    """Polls ``/stats`` until the sink has processed everything in the stream (and at least
+    ``at_least`` events arrived), or raises ``TimeoutError`` with the last figures. ``headers`` and
+    ``verify`` as for the client (a read token, trusted certificates)."""
     last: dict[str, Any] = {}
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, headers=headers, verify=verify) as client:
 
         async def caught_up() -> dict[str, Any] | None:
             nonlocal last
-            last = await get_stats(url, client, token=token)
+            last = await get_stats(url, client)
             return last if drained(last) and last["arrived"] >= at_least else None
 
         try:

@@ -8,7 +8,7 @@ import sys
 
 from pydantic import Field, model_validator
 
-from logmesh.cli.access import TOKEN_HINT, IngestTokenGiven, ingest_token, nats_credentials
+from logmesh.cli.access import TOKEN_HINT, IngestTokenGiven, bearer, ingest_token, nats_credentials
 from logmesh.cli.delivery import Delivery, OncePerMessage, deliver, wait_for_nats
 from logmesh.cli.runner import Stopping, run
 from logmesh.cli.workload import Rejected, SendReport, Workload, make_workload, send_http, send_nats
@@ -53,7 +53,12 @@ def publish_command(args: argparse.Namespace) -> int:
     async def over_http(report: SendReport) -> SendReport:
         assert settings.url is not None
         return await send_http(
-            settings.url, batches, settings.clients, show_progress=show, report=report, token=ingest_token(settings)
+            settings.url,
+            batches,
+            settings.clients,
+            show_progress=show,
+            report=report,
+            headers=bearer(ingest_token(settings)),
         )
 
     async def over_nats(report: SendReport) -> SendReport:

@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 
 from logmesh.common.claims import Refused
 from logmesh.common.http import EmbeddedServer, bound_port, make_server
+from logmesh.common.settings import HttpTls
 from logmesh.common.waiting import wait_until_async
 
 log = logging.getLogger("logmesh")
@@ -58,11 +59,14 @@ def refuse(command: str, reason: Refused) -> int:
     return 1
 
 
-async def start_server(app: Starlette, listener: socket.socket) -> tuple[EmbeddedServer, asyncio.Task[None]]:
+async def start_server(
+    app: Starlette, listener: socket.socket, tls: HttpTls | None = None
+) -> tuple[EmbeddedServer, asyncio.Task[None]]:
     """Serves ``app`` on an already bound socket (``claims.listen_socket``), so that a port in use
-    has been refused before anything started; returns once the server takes requests."""
+    has been refused before anything started; returns once the server takes requests. HTTPS when
+    ``tls`` names a certificate."""
     host, port = listener.getsockname()[:2]
-    server = make_server(app, host, port)
+    server = make_server(app, host, port, tls)
     serving = asyncio.create_task(server.serve(sockets=[listener]))
 
     async def started() -> bool:
@@ -85,11 +89,15 @@ async def stop_server(server: EmbeddedServer, serving: asyncio.Task[None]) -> No
 
 
 async def serve_http(
-    app: Starlette, listener: socket.socket, stopping: asyncio.Event, on_ready: Callable[[int], None] | None = None
+    app: Starlette,
+    listener: socket.socket,
+    stopping: asyncio.Event,
+    on_ready: Callable[[int], None] | None = None,
+    tls: HttpTls | None = None,
 ) -> int:
     """Serves ``app`` on ``listener`` until ``stopping`` is set."""
     try:
-        server, serving = await start_server(app, listener)
+        server, serving = await start_server(app, listener, tls)
     except RuntimeError as exc:
         log.error("%s", exc)
         return 1

@@ -34,9 +34,9 @@ def ingest_command(args: argparse.Namespace) -> int:
 
     async def main(stopping: asyncio.Event) -> int:
         def ready(port: int) -> None:
-            log.info("ingest listening on http://%s:%d (POST /publish)", settings.host, port)
+            log.info("ingest listening on %s://%s:%d (POST /publish)", settings.http_scheme, settings.host, port)
 
-        return await serve_http(create_app(settings), listener, stopping, ready)
+        return await serve_http(create_app(settings), listener, stopping, ready, settings)
 
     return run(main)
 
@@ -53,9 +53,10 @@ def query_command(args: argparse.Namespace) -> int:
 
     async def main(stopping: asyncio.Event) -> int:
         def ready(port: int) -> None:
-            log.info("query listening on http://%s:%d (GET /stats /events /dead-letters)", settings.host, port)
+            url = f"{settings.http_scheme}://{settings.host}:{port}"
+            log.info("query listening on %s (GET /stats /events /dead-letters)", url)
 
-        return await serve_http(create_app(settings), listener, stopping, ready)
+        return await serve_http(create_app(settings), listener, stopping, ready, settings)
 
     return run(main)
 

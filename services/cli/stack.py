@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import subprocess
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from pydantic import Field, SecretStr
+from pydantic import Field
 from starlette.applications import Starlette
 
 from logmesh.cli.runner import start_server, stop_server
 from logmesh.cli.sink_metrics import SinkMetricsRelay
 from logmesh.cli.up_secrets import UpAuth, UpSecrets
+from logmesh.common.auth import INGEST, AccessScope, Authenticator
 from logmesh.common.claims import DirLock, listen_socket, lock_data_dir
 from logmesh.common.embedded import EmbeddedNats, nats_answers
 from logmesh.common.http import Component, EmbeddedServer, bound_port, build_app
@@ -24,7 +26,7 @@ from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.nats_roles import Role
 from logmesh.common.natsio import NatsIo
 from logmesh.common.processes import environment, python_command, spawn, stop_process
-from logmesh.common.secrets_store import INGEST_TOKEN, MSG_ID_KEY, QUERY_TOKEN
+from logmesh.common.secrets_store import MSG_ID_KEY
 from logmesh.common.settings import (
     CommonSettings,
     DataDir,
@@ -34,6 +36,7 @@ from logmesh.common.settings import (
     Port,
     flag_name,
 )
+from logmesh.common.tokens import first_token
 from logmesh.common.waiting import wait_until_async
 from logmesh.ingest.app import Ingest
 from logmesh.ingest.settings import IngestSettings
@@ -51,10 +54,6 @@ class UpSettings(CommonSettings, DataDir, HttpListen, EmbeddedNatsPort, UpSecret
         description="use this NATS server instead of starting one (every part connects with the --nats-user, "
         "--nats-creds or URL credentials given)",
     )
-    # Until the HTTP side takes them from HttpListen.
-    no_auth: bool = Field(False, description="turn authentication off: a throwaway local run only")
-    ingest_token: SecretStr | None = Field(None, description="ingest token")
-    query_token: SecretStr | None = Field(None, description="query token")
     nats_io: NatsIo = Field("fast", description="hot NATS paths of the sink and ingest: 'fast' or 'plain'")
     # The sink's metrics are in GET /metrics on the HTTP port; a port of their own only on request,
     # so that two ups on one machine never contend for one.
@@ -69,22 +68,28 @@ class UpSettings(CommonSettings, DataDir, HttpListen, EmbeddedNatsPort, UpSecret
 
 
 def _components(
-    ingest_settings: IngestSettings, query_settings: QuerySettings, sink_metrics_host: str = "127.0.0.1"
+    ingest_settings: IngestSettings,
+    query_settings: QuerySettings,
+    sink_metrics_host: str = "127.0.0.1",
+    auth: Authenticator | None = None,
 ) -> tuple[list[Component], SinkMetricsRelay, Starlette]:
     registry = CollectorRegistry()
-    query = Query(query_settings)
+    query = Query(query_settings, signed_in=auth is not None)
     parts: list[Component] = [Ingest(ingest_settings, registry), query]
     relay = SinkMetricsRelay(query.ask_sink, registry, sink_metrics_host)
-    return parts, relay, build_app("logmesh", parts, registry, [relay.exposition])
+    return parts, relay, build_app("logmesh", parts, registry, [relay.exposition], auth=auth)
 
 
-def combined_app(ingest_settings: IngestSettings, query_settings: QuerySettings) -> Starlette:
-    return _components(ingest_settings, query_settings)[2]
+def combined_app(
+    ingest_settings: IngestSettings, query_settings: QuerySettings, auth: Authenticator | None = None
+) -> Starlette:
+    return _components(ingest_settings, query_settings, auth=auth)[2]
 
 
 class Stack:
     def __init__(self, settings: UpSettings, *, command: str = "up", sink_log_level: str | None = None) -> None:
         self.settings = settings
+        self._auth: Authenticator | None = None
         self.command = f"logmesh {command}"
         self.sink_log_level = sink_log_level or settings.log_level
         self.nats: EmbeddedNats | None = None
@@ -137,11 +142,9 @@ class Stack:
         self._claim = lock_data_dir(s.data_dir, self.command)
         self._listener = listen_socket(s.host, s.http_port, "--http-port")
         if s.no_auth:
-            log.warning(
-                "authentication is OFF (--no-auth): anyone who can reach the HTTP port or NATS can publish, "
-                "read and delete everything"
-            )
+            log.warning("NATS authorization is off (--no-auth): any client of NATS can publish, read and delete")
         self.auth = UpAuth.prepare(s, s.data_dir, enabled=not s.no_auth)
+        self._auth = self.auth.authenticator(s)  # a token file that cannot be read: exit 2, nothing started
         if not s.nats_url:
             self.nats = EmbeddedNats(
                 s.data_dir / "nats",
@@ -161,15 +164,34 @@ class Stack:
             "host": s.host,
             "http_port": s.http_port,
             "no_auth": s.no_auth,
-            "ingest_token": self.auth.get(INGEST_TOKEN) or s.ingest_token,
-            "query_token": self.auth.get(QUERY_TOKEN) or s.query_token,
             **self._common(),
         }
         ingest = IngestSettings(**http, **self._nats_fields("ingest"), msg_id_key=self.auth.get(MSG_ID_KEY))
         query = QuerySettings(**http, **self._nats_fields("query"))
-        self._parts, self._sink_metrics, app = _components(ingest, query, s.sink_metrics_host)
-        self._server, self._serving = await start_server(app, self._listener)
-        self.http_url = f"http://{s.host}:{bound_port(self._server)}"
+        self._parts, self._sink_metrics, app = _components(ingest, query, s.sink_metrics_host, self._auth)
+        self._server, self._serving = await start_server(app, self._listener, s)
+        self.http_url = f"{s.http_scheme}://{s.host}:{bound_port(self._server)}"
+
+    def client_options(self, scope: AccessScope) -> dict[str, Any]:
+        """``httpx`` client options for this process's own requests to its HTTP port (``demo``
+        publishing and reading its stats): a token of ``scope`` when authentication is on, and
+        trust in exactly the certificate served (whatever host name it carries) with TLS."""
+        s, options = self.settings, dict[str, Any]()
+        if self._auth is not None:
+            tokens = self.auth.http_settings(s)
+            setting, file = (
+                (tokens.ingest_token, tokens.ingest_token_file)
+                if scope == INGEST
+                else (tokens.query_token, tokens.query_token_file)
+            )
+            token = first_token(setting, file, f"{scope} token")
+            options["headers"] = {"Authorization": f"Bearer {(token or b'').decode()}"}
+        if s.tls_cert is not None:
+            pinned = ssl.create_default_context(cafile=str(s.tls_cert))
+            pinned.check_hostname = False
+            pinned.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the certificate itself is trusted
+            options["verify"] = pinned
+        return options
 
     def _nats_fields(self, role: Role) -> dict[str, Any]:
         c = self.credentials(role)

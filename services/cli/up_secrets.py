@@ -15,10 +15,11 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, SecretStr
 
+from logmesh.common.auth import INGEST, READ, Authenticator
 from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.nats_roles import ROLES, Role, password_secret, password_variable, server_authorization
-from logmesh.common.secrets_store import ALL_SECRETS, ensure_secrets, secrets_dir
-from logmesh.common.settings import ENV_ONLY, LogmeshSettings
+from logmesh.common.secrets_store import ALL_SECRETS, INGEST_TOKEN, QUERY_TOKEN, ensure_secrets, secrets_dir
+from logmesh.common.settings import ENV_ONLY, HttpAuth, LogmeshSettings
 
 log = logging.getLogger("logmesh")
 
@@ -64,11 +65,16 @@ class UpAuth:
 
     @classmethod
     def prepare(cls, settings: LogmeshSettings, data_dir: Path, *, enabled: bool) -> UpAuth:
-        """Every secret, given or stored or generated now (said once, with where they are kept)."""
+        """Every secret, given or stored or generated now (said once, with where they are kept). A
+        scope whose tokens come from a file (``--ingest-token-file``) gets none generated."""
         if not enabled:
             return cls(None)
+        from_files = {
+            INGEST_TOKEN: getattr(settings, "ingest_token_file", None),
+            QUERY_TOKEN: getattr(settings, "query_token_file", None),
+        }
         given: dict[str, str | None] = {}
-        for secret in ALL_SECRETS:
+        for secret in (s for s in ALL_SECRETS if from_files.get(s) is None):
             value = getattr(settings, _field(secret), None)
             given[secret] = value.get_secret_value() if isinstance(value, SecretStr) else value
         values, generated = ensure_secrets(data_dir, given)
@@ -82,7 +88,21 @@ class UpAuth:
         return self.values is not None
 
     def get(self, secret: str) -> str | None:
-        return self.values[secret] if self.values is not None else None
+        return self.values.get(secret) if self.values is not None else None
+
+    def http_settings(self, settings: HttpAuth) -> HttpAuth:
+        """``settings`` with the tokens in force: those given (flag, variable or file), else those
+        stored or generated."""
+        update = {}
+        for field, secret in (("ingest_token", INGEST_TOKEN), ("query_token", QUERY_TOKEN)):
+            value = self.get(secret) if self.values is not None and secret in self.values else None
+            if getattr(settings, field) is None and value is not None:
+                update[field] = SecretStr(value)
+        return settings.model_copy(update=update)
+
+    def authenticator(self, settings: HttpAuth) -> Authenticator | None:
+        """Who may do what on the HTTP port of ``up``, which serves both scopes; None with --no-auth."""
+        return Authenticator.from_settings(self.http_settings(settings), needs=[INGEST, READ])
 
     def credentials(self, role: Role) -> NatsCredentials:
         return NatsCredentials.for_role(role, self.get(password_secret(role)))

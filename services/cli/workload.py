@@ -7,9 +7,10 @@ import asyncio
 import os
 import random
 import socket
+import ssl
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +21,6 @@ import orjson
 from nats.js.errors import NotFoundError
 from tqdm import tqdm
 
-from logmesh.cli.access import bearer
 from logmesh.common.jetstream import close, connect, log_subject, shown_url
 from logmesh.common.model import msg_id
 from logmesh.common.nats_credentials import NatsCredentials
@@ -108,11 +108,12 @@ async def send_http(
     *,
     show_progress: bool = True,
     report: SendReport | None = None,
-    token: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> SendReport:
     """POSTs the batches from ``clients`` concurrent senders, retrying each until it is accepted
-    (for ever: the caller bounds the time, see ``logmesh.cli.delivery``); ``token``: the ingest
-    token."""
+    (for ever: the caller bounds the time, see ``logmesh.cli.delivery``). ``headers`` go with every
+    request (an ``Authorization``); ``verify`` is httpx's."""
     bodies = [(orjson.dumps(list(b)), len(b)) for b in batches]
     report = report if report is not None else SendReport()
     queue: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
@@ -121,8 +122,10 @@ async def send_http(
     progress = _progress(sum(n for _, n in bodies), show_progress, "publish (HTTP)")
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     report.first_send = time.time()
-    headers = {"content-type": "application/json", **bearer(token)}
-    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=60, limits=limits, headers=headers) as client:
+    headers = {"content-type": "application/json", **(headers or {})}
+    async with httpx.AsyncClient(
+        base_url=url.rstrip("/"), timeout=60, limits=limits, headers=headers, verify=verify
+    ) as client:
 
         async def worker() -> None:
             while not queue.empty():

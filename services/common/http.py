@@ -1,15 +1,13 @@
-"""HTTP pieces shared by ingest and query: one JSON error shape everywhere, health routes, serving.
-
-Every error body is ``{"error": {"status", "code", "message", "details"}}``; ``details`` lists
-``{"index", "field", "message"}`` items when an input was rejected.
-"""
+"""HTTP pieces shared by ingest and query: one JSON error shape everywhere (``errors``), health
+routes, authentication (``auth``) and the dashboard's login (``login``) wired in, serving over HTTP
+or HTTPS."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -19,70 +17,21 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from logmesh.common.auth import MAY_READ, Authenticator, AuthMiddleware, secured_openapi
+from logmesh.common.errors import ApiError, FastJSONResponse, error_response
+from logmesh.common.login import LOGIN_PATHS, Login, describe_token_in_url
 from logmesh.common.metrics import Exposition, RequestMetrics, metrics_route
 from logmesh.common.openapi import Health, Ready, json_content, openapi, responses
 from logmesh.common.security_headers import SecurityHeaders
+from logmesh.common.settings import HttpTls
+
+__all__ = ["ApiError", "FastJSONResponse", "error_response"]
 
 log = logging.getLogger("logmesh.http")
-
-
-class FastJSONResponse(JSONResponse):
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        details: Sequence[Mapping[str, Any]] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = list(details or [])
-        self.headers = dict(headers or {})
-
-
-_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    500: "internal_error",
-    503: "unavailable",
-    504: "timeout",
-}
-
-
-def error_response(
-    status: int,
-    code: str | None,
-    message: str,
-    details: Sequence[Mapping[str, Any]] = (),
-    headers: Mapping[str, str] | None = None,
-) -> Response:
-    body = {
-        "error": {
-            "status": status,
-            "code": code or _CODES.get(status, "error"),
-            "message": message,
-            "details": list(details),
-        }
-    }
-    return FastJSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -111,7 +60,8 @@ ReadinessCheck = Callable[[], Awaitable[dict[str, Any]]]
 
 def health_routes(checks: Sequence[ReadinessCheck]) -> list[Route]:
     """``/healthz``: the process answers. ``/readyz``: every dependency answers (each check returns
-    ``{"name": {"ok": bool, ...}}``); 503 when one does not."""
+    ``{"name": {"ok": bool, ...}}``); 503 when one does not. Both are open; with authentication on,
+    only a caller who may read gets each check's details."""
 
     async def healthz(request: Request) -> Response:
         return FastJSONResponse({"status": "ok"})
@@ -121,6 +71,10 @@ def health_routes(checks: Sequence[ReadinessCheck]) -> list[Route]:
         for part in await asyncio.gather(*(check() for check in checks)):
             parts.update(part)
         ready = all(p.get("ok") for p in parts.values())
+        if not request.scope.get(MAY_READ, True):
+            # An anonymous caller learns whether each part is ready, not what its errors say (paths,
+            # stream names, sizes).
+            parts = {name: {"ok": bool(part.get("ok"))} for name, part in parts.items()}
         return FastJSONResponse({"ready": ready, "checks": parts}, status_code=200 if ready else 503)
 
     return [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
@@ -182,11 +136,19 @@ class _SecuredApp(Starlette):
 
 
 def build_app(
-    title: str, components: Sequence[Component], registry: CollectorRegistry, also_metrics: Sequence[Exposition] = ()
+    title: str,
+    components: Sequence[Component],
+    registry: CollectorRegistry,
+    also_metrics: Sequence[Exposition] = (),
+    auth: Authenticator | None = None,
 ) -> Starlette:
     """One Starlette app serving the components' routes, with ``/healthz``, ``/readyz``,
     ``/openapi.json`` and ``/metrics`` (``registry``, then ``also_metrics``), the one error shape,
-    request metrics, and the security headers on every answer."""
+    request metrics, and the security headers on every answer.
+
+    ``auth``: the tokens every route but the health routes is checked against, with the login page
+    when a component serves the dashboard (``/``); None serves without authentication, which is
+    logged as a warning."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -196,22 +158,39 @@ def build_app(
         for component in reversed(components):
             await component.stop()
 
-    spec = openapi(title, *(c.openapi_paths for c in components), HEALTH_PATHS)
     routes = [route for c in components for route in c.routes()]
+    login = Login(auth) if auth is not None and any(r.path == "/" for r in routes) else None
+    paths = [c.openapi_paths for c in components]
+    if login is not None:
+        paths.append(LOGIN_PATHS)
+        routes += login.routes()
+    spec = openapi(title, *paths, HEALTH_PATHS)
+    if auth is not None:
+        spec = secured_openapi(spec, login=login is not None)
+    if login is not None:
+        spec = describe_token_in_url(spec)
     routes += [
         *health_routes([c.readiness for c in components]),
         openapi_route(spec),
         metrics_route(registry, also_metrics),
     ]
+    middleware = [Middleware(RequestMetrics, registry=registry, routes=routes)]
+    if auth is None:
+        log.warning("HTTP authentication is off: anyone who can reach this port can publish events and read everything")
+    else:
+        token_login = login.token_in_url if login is not None else None
+        middleware.append(Middleware(AuthMiddleware, auth=auth, token_login=token_login))
     return _SecuredApp(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
-        middleware=[Middleware(RequestMetrics, registry=registry, routes=routes)],
+        middleware=middleware,
     )
 
 
-def make_server(app: Starlette, host: str, port: int) -> EmbeddedServer:
+def make_server(app: Starlette, host: str, port: int, tls: HttpTls | None = None) -> EmbeddedServer:
+    """A server for ``app``; HTTPS when ``tls`` names a certificate and its key."""
+    certificate, key = (tls.tls_cert, tls.tls_key) if tls is not None else (None, None)
     config = uvicorn.Config(
         app,
         host=host,
@@ -220,6 +199,8 @@ def make_server(app: Starlette, host: str, port: int) -> EmbeddedServer:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        ssl_certfile=certificate,
+        ssl_keyfile=key,
     )
     return EmbeddedServer(config)
 

@@ -29,16 +29,18 @@ CONTENT_SECURITY_POLICY = "; ".join(
         # The dashboard uses relative URLs (it also works behind a path prefix): an injected <base>
         # must not point them elsewhere.
         "base-uri 'none'",
-        # The dashboard has no form; nothing may submit one anywhere.
-        "form-action 'none'",
+        # The login form and the dashboard's sign-out post to this origin; nothing may submit a form
+        # anywhere else.
+        "form-action 'self'",
         # No page may frame these answers (clickjacking); X-Frame-Options below says so to browsers
         # that predate frame-ancestors.
         "frame-ancestors 'none'",
     ]
 )
 
-# Strict-Transport-Security is not here: logmesh speaks plain HTTP, browsers ignore the header on
-# it, and whatever terminates TLS in front of logmesh is the place to set it.
+# Strict-Transport-Security is not here: logmesh speaks plain HTTP unless given a certificate
+# (--tls-cert), browsers ignore the header on plain HTTP, and a host pinned to HTTPS for a year is
+# the operator's decision, made where TLS is terminated.
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     # Browsers use the declared Content-Type, never a guess: a JSON answer echoing user input is

@@ -7,6 +7,7 @@ class holds what that command uses and nothing else: its ``--help`` lists exactl
 from __future__ import annotations
 
 import argparse
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -78,7 +79,63 @@ class StreamShape(StreamName):
     replicas: int = Field(1, ge=1, le=5, description="stream replicas (clustered NATS only)")
 
 
-class HttpListen(LogmeshSettings):
+class HttpAuth(LogmeshSettings):
+    """Bearer tokens of the HTTP API (``logmesh.common.auth``): an ingest token for ``POST /publish``, a
+    read token for everything else but ``/healthz`` and ``/readyz``. A setting may hold several tokens,
+    comma-separated, so that a new one is accepted before the old one is withdrawn."""
+
+    ingest_token: SecretStr | None = Field(
+        None, description="bearer token(s) for POST /publish, comma-separated (several while rotating)"
+    )
+    query_token: SecretStr | None = Field(
+        None,
+        description="bearer token(s) for reading: stats, events, dead letters, metrics, the dashboard; comma-separated",
+    )
+    ingest_token_file: Path | None = Field(
+        None, description="file of ingest tokens, one a line (# comments); re-read when it changes"
+    )
+    query_token_file: Path | None = Field(
+        None, description="file of read tokens, one a line (# comments); re-read when it changes"
+    )
+    no_auth: bool = Field(
+        False, description="serve without authentication: anyone who can reach the port can publish and read"
+    )
+
+
+class HttpTls(LogmeshSettings):
+    """HTTPS: a certificate and its key, both or neither."""
+
+    tls_cert: Path | None = Field(
+        None, description="serve HTTPS with this PEM certificate (its chain after it); needs --tls-key"
+    )
+    tls_key: Path | None = Field(None, description="the PEM private key of --tls-cert")
+
+    @model_validator(mode="after")
+    def _a_usable_pair(self) -> HttpTls:
+        if self.tls_cert is None and self.tls_key is None:
+            return self
+        if self.tls_cert is None or self.tls_key is None:
+            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        # Loaded once here, so that a wrong path or a key of another certificate is a one-line
+        # error at the start rather than a server that fails to come up.
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.tls_cert, self.tls_key)
+        except OSError as exc:
+            raise ValueError(f"TLS certificate {self.tls_cert} and key {self.tls_key}: {_ssl_reason(exc)}") from None
+        return self
+
+    @property
+    def http_scheme(self) -> Literal["http", "https"]:
+        return "https" if self.tls_cert is not None else "http"
+
+
+def _ssl_reason(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"not a PEM certificate and its key ({exc.reason or exc})"
+    return exc.strerror or str(exc)
+
+
+class HttpListen(HttpAuth, HttpTls):
     host: ListenHost = "127.0.0.1"
     http_port: ListenPort = 8080
 
@@ -186,7 +243,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, settings_cls: type[B
         literal = choices(info)
         if info.annotation is bool:
             text = _help(info.description or name, None, env, info.default)
-            action: Any = argparse.BooleanOptionalAction
+            # ``--no-auth`` is a switch: a ``--no-no-auth`` would read as a joke.
+            action: Any = "store_true" if name.startswith("no_") else argparse.BooleanOptionalAction
             group.add_argument(flag_name(name), dest=name, action=action, default=argparse.SUPPRESS, help=text)
         else:
             # Choices are shown as the metavar, and checked with every other rule by the settings.

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from logmesh.common.auth import INGEST, Authenticator
 from logmesh.common.failpoints import Failpoints
 from logmesh.common.http import ApiError, FastJSONResponse, build_app
 from logmesh.common.jetstream import NatsLink, log_subject, wait_for_stream
@@ -146,8 +147,11 @@ class Ingest:
 
 
 def create_app(settings: IngestSettings, registry: CollectorRegistry | None = None) -> Starlette:
+    """The ingest app. It needs an ingest token unless ``--no-auth`` (else ``SettingsError``); a read
+    token is optional: without one, its read routes (``/metrics``, ``/openapi.json``) answer 401."""
+    auth = Authenticator.from_settings(settings, needs=[INGEST])
     registry = registry or CollectorRegistry()
-    return build_app("logmesh ingest", [Ingest(settings, registry)], registry)
+    return build_app("logmesh ingest", [Ingest(settings, registry)], registry, auth=auth)
 
 
 def _validated(body: bytes, max_batch: int) -> tuple[list[Event], list[Outgoing]]:

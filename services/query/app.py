@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from logmesh.common.auth import READ, Authenticator
 from logmesh.common.http import ApiError, FastJSONResponse, build_app
 from logmesh.common.jetstream import QUERY_SUBJECT_PREFIX, NatsLink
 from logmesh.common.nats_answers import Answer, ErrorAnswer, ask
@@ -92,8 +93,11 @@ Q = TypeVar("Q", bound=BaseModel)
 class Query:
     openapi_paths = QUERY_PATHS
 
-    def __init__(self, settings: QuerySettings) -> None:
+    def __init__(self, settings: QuerySettings, *, signed_in: bool = False) -> None:
+        """``signed_in``: people sign in to the dashboard (authentication is on), which then offers
+        to sign out."""
         self.settings = settings
+        self._signed_in = signed_in
         self.started = time.time()
         self.link = NatsLink(
             settings.nats_url,
@@ -159,7 +163,7 @@ class Query:
 
     def routes(self) -> list[Route]:
         return [
-            *dashboard_routes(),
+            *dashboard_routes(sign_out=self._signed_in),
             Route("/stats", self.stats, methods=["GET"]),
             Route("/stats/history", self.stats_history, methods=["GET"]),
             Route("/events", self.list_events, methods=["GET"]),
@@ -193,5 +197,7 @@ def _parsed(model: type[Q], params: Sequence[Param], request: Request) -> Q:
 
 
 def create_app(settings: QuerySettings, registry: CollectorRegistry | None = None) -> Starlette:
+    """The query app. It needs a read token unless ``--no-auth`` (else ``SettingsError``)."""
+    auth = Authenticator.from_settings(settings, needs=[READ])
     registry = registry or CollectorRegistry()
-    return build_app("logmesh query", [Query(settings)], registry)
+    return build_app("logmesh query", [Query(settings, signed_in=auth is not None)], registry, auth=auth)

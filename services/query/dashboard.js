@@ -40,6 +40,17 @@ function svg(tag, attrs, content) {
   return node;
 }
 
+// A read answered 401: the session ended (signed out elsewhere, or the read token was rotated).
+// The login page brings the person back here once signed in again.
+async function api(path) {
+  const resp = await fetch(path);
+  if (resp.status === 401) {
+    location.assign("login");
+    throw new Error("signed out");
+  }
+  return resp;
+}
+
 // ---- charts --------------------------------------------------------------------------------------
 
 const rates = {interval: 2, window: 900, points: []};
@@ -114,7 +125,7 @@ function drawCharts() {
 async function refreshHistory() {
   const last = rates.points[rates.points.length - 1];
   try {
-    const resp = await fetch("stats/history" + (last ? `?since=${last.t}` : ""));
+    const resp = await api("stats/history" + (last ? `?since=${last.t}` : ""));
     if (!resp.ok) return;
     const answer = await resp.json();
     rates.interval = answer.interval_seconds;
@@ -177,7 +188,7 @@ function showStats(s) {
 
 async function refreshStats() {
   try {
-    const resp = await fetch("stats");
+    const resp = await api("stats");
     const s = await resp.json();
     if (!resp.ok) throw new Error(s.error ? s.error.message : resp.status);
     showStats(s);
@@ -212,7 +223,7 @@ function deadLetter(d) {
 
 async function refreshDeadLetters() {
   try {
-    const page = await (await fetch("dead-letters?limit=8")).json();
+    const page = await (await api("dead-letters?limit=8")).json();
     const shown = page.dead_letters.map(d => letters.get(d.id) || deadLetter(d));
     letters.clear();
     page.dead_letters.forEach((d, i) => letters.set(d.id, shown[i]));
@@ -225,7 +236,7 @@ async function refreshEvents() {
   const query = new URLSearchParams({order: "desc", limit: "100"});
   if (topic) query.set("topic", topic);
   try {
-    const page = await (await fetch("events?" + query)).json();
+    const page = await (await api("events?" + query)).json();
     const shown = page.events.filter(e => !needle ||
       (e.event_id + " " + e.source + " " + JSON.stringify(e.payload)).toLowerCase().includes(needle));
     $("events").tBodies[0].replaceChildren(...shown.slice(0, 50).map(e => {

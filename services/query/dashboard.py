@@ -28,6 +28,8 @@ _FILES = {
     "dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
     "favicon.ico": ("favicon.png", "image/png"),
 }
+# The sign-out form, cut from the page when nobody signs in (authentication off).
+_SIGN_OUT = ("<!-- sign-out", "<!-- /sign-out -->")
 _REVALIDATE = "no-cache"
 _KEEP = "public, max-age=31536000, immutable"
 
@@ -51,11 +53,20 @@ def _read(name: str) -> bytes:
     return resources.files("logmesh.query").joinpath(name).read_bytes()
 
 
+def _with_sign_out(page: str, sign_out: bool) -> str:
+    start, end = _SIGN_OUT
+    head, found, rest = page.partition(start)
+    block, closed, tail = rest.partition(end)
+    if not (found and closed):
+        raise RuntimeError(f"{_PAGE} must hold the sign-out form between {start!r} and {end!r}")
+    return head + (start + block + end if sign_out else "") + tail
+
+
 @functools.cache
-def _assets() -> tuple[_Asset, dict[str, _Asset]]:
+def _assets(sign_out: bool) -> tuple[_Asset, dict[str, _Asset]]:
     """The page, with each link carrying its file's version, and the files by URL path."""
     files = {url: _asset(_read(name), media_type) for url, (name, media_type) in _FILES.items()}
-    page = _read(_PAGE).decode("utf-8")
+    page = _with_sign_out(_read(_PAGE).decode("utf-8"), sign_out)
     for url, file in files.items():
         link = f'"{url}"'
         if page.count(link) != 1:
@@ -88,9 +99,10 @@ def _file_endpoint(file: _Asset) -> Callable[[Request], Awaitable[Response]]:
     return serve
 
 
-def dashboard_routes() -> list[Route]:
-    """``GET /`` (the page) and ``GET /<file>`` for each file it links."""
-    page, files = _assets()
+def dashboard_routes(*, sign_out: bool = False) -> list[Route]:
+    """``GET /`` (the page) and ``GET /<file>`` for each file it links. ``sign_out``: the page offers
+    to sign out (``POST /logout``), for when people sign in to see it."""
+    page, files = _assets(sign_out)
 
     async def serve_page(request: Request) -> Response:
         return _serve(request, page, _REVALIDATE)
