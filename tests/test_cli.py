@@ -29,7 +29,9 @@ def test_the_demo_workload_at_reduced_size_keeps_the_invariant() -> None:
 
 @pytest.mark.parametrize("target", ["http", "nats"])
 def test_publish_over_http_and_over_nats_counts_exactly(up: Up, target: str) -> None:
-    where = ["--url", up.url] if target == "http" else ["--nats-url", up.nats_url]
+    # The token or the NATS password (of the ingest user: receipts) from the secrets up keeps.
+    where = ["--url", up.url] if target == "http" else ["--nats-url", f"nats://127.0.0.1:{up.nats_port}"]
+    where += ["--data-dir", str(up.data_dir)]
     done = logmesh("publish", *where, "--events", "4000", "--dup", "0.25", "--topics", "5", "--batch", "400")
     assert done.returncode == 0, done.stderr
     assert "sent 4,000 events (3,000 distinct)" in done.stdout

@@ -23,8 +23,22 @@ from logmesh.sink.settings import SinkSettings
 
 pytestmark = pytest.mark.timeout(120)
 
-COMMANDS = ("up", "demo", "publish", "stats", "ingest", "query", "sink", "tail", "bench", "soak")
+COMMANDS = (
+    "up",
+    "demo",
+    "publish",
+    "stats",
+    "ingest",
+    "query",
+    "sink",
+    "tail",
+    "bench",
+    "soak",
+    "secrets",
+    "nats-config",
+)
 
+JETSTREAM_NAME = "a JetStream name (1-255 characters, no spaces, '.', '*', '>', '/' or '\\')"
 # command: (flag, a value it does not take, what it takes)
 BAD_FLAGS = {
     "up": ("--http-port", "abc", "an integer from 0 to 65535"),
@@ -37,6 +51,8 @@ BAD_FLAGS = {
     "tail": ("--count", "-5", "an integer >= 0"),
     "bench": ("--runs", "zero", "an integer >= 1"),
     "soak": ("--duration", "nan", "a number > 0"),
+    "secrets": ("--env-file", ".", "the path of a file to create"),
+    "nats-config": ("--stream", "a.b", JETSTREAM_NAME),
 }
 
 # command: (variable, a value its setting does not take, what it takes)
@@ -51,6 +67,8 @@ BAD_ENV = {
     "tail": ("LOGMESH_LOG_FORMAT", "xml", "one of text, json"),
     "bench": ("LOGMESH_BENCH_EVENTS", "10", "an integer >= 1000"),
     "soak": ("LOGMESH_SOAK_KILL_EVERY", "inf", "a number > 0"),
+    "secrets": ("LOGMESH_ENV_FILE", "/", "the path of a file to create"),
+    "nats-config": ("LOGMESH_CONSUMER", "sink.>", JETSTREAM_NAME),
 }
 # What a command needs besides the bad value, so that nothing else is wrong.
 NEEDS = {"publish": ["--url", "http://127.0.0.1:1"]}

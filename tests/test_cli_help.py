@@ -25,30 +25,40 @@ STREAM_SHAPE = {"--duplicate-window", "--max-age", "--stream-max-bytes", "--repl
 WORKLOAD = {"--events", "--dup", "--topics", "--batch", "--clients", "--run-id"}
 HTTP_AUTH = {"--ingest-token", "--query-token", "--ingest-token-file", "--query-token-file", "--no-auth"}
 HTTP = {"--host", "--http-port", "--tls-cert", "--tls-key"} | HTTP_AUTH
+NATS_AUTH = {"--nats-user", "--nats-password", "--nats-creds", "--nats-tls-ca", "--nats-tls-cert", "--nats-tls-key"}
 
 # What each command uses: its --help lists exactly these (and -h).
 FLAGS = {
     "up": {"--data-dir", "--nats-port", "--nats-url", "--nats-io", "--metrics-port", "--stream"}
+    | {"--publisher-password", "--admin-nats-password"}
+    | NATS_AUTH
     | HTTP
     | LOGGING
     | STREAM_SHAPE,
     "demo": {"--data-dir", "--nats-port", "--serve"} | HTTP | LOGGING | WORKLOAD,
-    "publish": {"--url", "--nats-url", "--nats-io", "--give-up-after"} | LOGGING | WORKLOAD,
-    "stats": {"--url", "--raw", "--no-raw"},
-    "tail": {"--nats-url", "--stream", "--topic", "--all", "--count"} | LOGGING,
+    "publish": {"--url", "--nats-url", "--nats-io", "--give-up-after", "--ingest-token", "--data-dir"}
+    | NATS_AUTH
+    | LOGGING
+    | WORKLOAD,
+    "stats": {"--url", "--raw", "--no-raw", "--query-token", "--data-dir"},
+    "tail": {"--nats-url", "--stream", "--topic", "--all", "--count", "--data-dir"} | NATS_AUTH | LOGGING,
     "ingest": {"--nats-url", "--nats-io", "--stream", "--max-batch", "--max-body-bytes", "--body-timeout"}
     | {"--publish-timeout"}
+    | NATS_AUTH
     | HTTP
     | LOGGING
     | STREAM_SHAPE,
-    "query": {"--nats-url", "--nats-io", "--stream", "--consumer", "--query-timeout"} | HTTP | LOGGING,
+    "query": {"--nats-url", "--nats-io", "--stream", "--consumer", "--query-timeout"} | NATS_AUTH | HTTP | LOGGING,
     "sink": {"--nats-url", "--nats-io", "--stream", "--data-dir", "--metrics-host", "--metrics-port", "--consumer"}
     | {"--decoder", "--batch-size", "--linger", "--poison-after", "--ack-wait", "--max-ack-pending"}
     | {"--memory-limit", "--db-threads", "--checkpoint-threshold"}
+    | NATS_AUTH
     | LOGGING
     | STREAM_SHAPE,
     "bench": {"--parts", "--runs", "--events", "--dup", "--topics", "--preload", "--growth-events", "--json-out"},
     "soak": {"--duration", "--rate", "--kill-every", "--seed", "--data-dir"},
+    "secrets": {"--env-file"},
+    "nats-config": {"--stream", "--consumer"},
 }
 FLAGS["tail"] |= {"--no-all"}
 FLAGS["demo"] |= {"--no-serve"}
@@ -91,7 +101,8 @@ def test_help_shows_defaults_as_typed_and_ranges_from_the_field_constraints() ->
     assert (
         "HTTP listen port (0 picks a free one); an integer from 0 to 65535 [env LOGMESH_HTTP_PORT; default 8080]" in up
     )
-    assert "use this NATS server instead of starting one [env LOGMESH_NATS_URL; default none]" in up
+    said = "use this NATS server instead of starting one (every part connects with the --nats-user, --nats-creds or "
+    assert said + "URL credentials given) [env LOGMESH_NATS_URL; default none]" in up
     assert "a number > 0 [env LOGMESH_DUPLICATE_WINDOW; default 120]" in up
     sink = " ".join(help_text("sink").split())
     assert "--decoder {sql,reference}" in sink

@@ -23,6 +23,7 @@ import pytest
 from playwright.sync_api import ConsoleMessage, Page, Response, ViewportSize, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from logmesh.common.secrets_store import QUERY_TOKEN
 from tests.harness import Up, event, nats_publish, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -187,8 +188,9 @@ def test_the_dashboard_shows_history_lag_and_dead_letters_while_events_flow(
         page.on("console", on_console)
         page.on("pageerror", lambda exc: console_errors.append(f"uncaught: {exc}"))
         page.on("response", on_response)
-        loaded = page.goto(up.url + "/")
-        assert loaded is not None
+        # A person opens the dashboard with the read token once: a cookie, and a clean URL.
+        loaded = page.goto(f"{up.url}/?token={up.secret(QUERY_TOKEN)}")
+        assert loaded is not None and page.url == up.url + "/", page.url
         policy = loaded.headers["content-security-policy"]
         assert "script-src 'self'" in policy and "style-src 'self'" in policy, policy
 

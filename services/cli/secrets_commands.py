@@ -7,12 +7,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from logmesh.common.nats_roles import secret_variable, server_authorization
 from logmesh.common.secrets_store import ALL_SECRETS, new_secret
-from logmesh.common.settings import LogmeshSettings, add_command, settings_from_args
+from logmesh.common.settings import JetStreamName, LogmeshSettings, StreamName, add_command, settings_from_args
 
 NATS_CONFIG_HEADER = """\
 # nats-server authorization for logmesh: one user per role, each with only the subjects it needs.
@@ -27,8 +28,14 @@ def env_file_text() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _new_file(path: Path) -> Path:
+    if not str(path) or path.is_dir():
+        raise ValueError("must be the path of a file to create")
+    return path
+
+
 class SecretsSettings(LogmeshSettings):
-    env_file: Path | None = Field(
+    env_file: Annotated[Path, AfterValidator(_new_file)] | None = Field(
         None, description="write the secrets to this new file (mode 0600) instead of printing them"
     )
 
@@ -53,9 +60,8 @@ def secrets_command(args: argparse.Namespace) -> int:
     return 0
 
 
-class NatsConfigSettings(LogmeshSettings):
-    stream: str = Field("LOGS", description="JetStream stream name")
-    consumer: str = Field("sink", description="the sink's durable consumer")
+class NatsConfigSettings(StreamName):
+    consumer: JetStreamName = Field("sink", description="the sink's durable consumer")
 
 
 def nats_config_text(stream: str = "LOGS", consumer: str = "sink") -> str:

@@ -54,6 +54,18 @@ def _http_url(url: str) -> str:
 
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+# What JetStream takes as a stream or consumer name; it goes into subjects ($JS.API.STREAM.INFO.<name>).
+_NOT_IN_NAMES = frozenset(" \t\r\n.*>/\\")
+
+
+def _jetstream_name(value: str) -> str:
+    if not value or len(value) > 255 or _NOT_IN_NAMES.intersection(value):
+        raise ValueError("must be a JetStream name (1-255 characters, no spaces, '.', '*', '>', '/' or '\\')")
+    return value
+
+
+JetStreamName = Annotated[str, AfterValidator(_jetstream_name)]
 DataDirPath = Annotated[
     Path, Field(description="data directory: the DuckDB store (and, under logmesh up, the JetStream store in nats/)")
 ]
@@ -65,7 +77,7 @@ class Logging(LogmeshSettings):
 
 
 class StreamName(LogmeshSettings):
-    stream: str = Field("LOGS", description="JetStream stream name")
+    stream: JetStreamName = Field("LOGS", description="JetStream stream name")
 
 
 class StreamShape(StreamName):

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from logmesh.common.settings import ReadingHttpSettings
+from logmesh.common.settings import JetStreamName, ReadingHttpSettings
 
 
 class QuerySettings(ReadingHttpSettings):
-    consumer: str = Field("sink", description="the sink's durable consumer, for lag figures")
+    consumer: JetStreamName = Field("sink", description="the sink's durable consumer, for lag figures")
     query_timeout: float = Field(5.0, gt=0, description="seconds to wait for the sink to answer a query")

@@ -5,11 +5,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from logmesh.common.settings import DataDir, ServiceSettings, SinkMetricsPort
+from logmesh.common.settings import DataDir, JetStreamName, ServiceSettings, SinkMetricsPort
 
 
 class SinkSettings(ServiceSettings, DataDir, SinkMetricsPort):
-    consumer: str = Field("sink", description="durable consumer name")
+    consumer: JetStreamName = Field("sink", description="durable consumer name")
     decoder: Literal["sql", "reference"] = Field(
         "sql",
         description="batch decoding: 'sql' (one DuckDB query per batch, the reference decoder for what it leaves) "
