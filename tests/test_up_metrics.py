@@ -125,7 +125,7 @@ def test_up_serves_the_sinks_metrics_on_its_http_port_and_binds_no_other_fixed_p
     # The ready line names the ports bound and the data directory's absolute path.
     ready = ready_line(first)
     assert f"http://127.0.0.1:{first.http_port} " in ready and f"NATS nats://127.0.0.1:{first.nats_port} " in ready
-    assert ready.endswith(f"data {first.data_dir.resolve()}")
+    assert ready.endswith(f"data {first.data_dir.resolve()}  secrets {(first.data_dir / 'secrets').resolve()}")
     assert "metrics" not in ready.split("NATS", 1)[1]  # no port of the sink's own to name
 
 

@@ -78,6 +78,7 @@ async def _ready_line(stack: Stack) -> str:
         f"logmesh is up: {stack.http_url}  (dashboard /, POST /publish, GET /stats /events /metrics)"
         f"  NATS {shown_url(stack.nats_url)}  data {s.data_dir.resolve()}"
     )
+    line += f"  secrets {stack.auth.where}" if stack.auth.where is not None else "  AUTHENTICATION OFF"
     if s.metrics_port is not None:
         port = await stack.sink_metrics_port()
         line += (
