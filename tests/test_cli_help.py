@@ -36,7 +36,7 @@ FLAGS = {
     "stats": {"--url", "--raw", "--no-raw"},
     "tail": {"--nats-url", "--stream", "--topic", "--all", "--count"} | LOGGING,
     "ingest": {"--nats-url", "--nats-io", "--stream", "--max-batch", "--max-body-bytes", "--body-timeout"}
-    | {"--publish-timeout"}
+    | {"--publish-timeout", "--msg-id-key"}
     | HTTP
     | LOGGING
     | STREAM_SHAPE,

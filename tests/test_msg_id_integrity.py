@@ -1,25 +1,38 @@
-"""Message ids: the keyed form (``<topic>:@<mac>``, ``model.MsgIdKey``) and the sink's rule for every id.
+"""Nobody can make logmesh claim a duplicate that is not one.
 
 JetStream's duplicate window spans the whole stream, so a message id is a claim on an identity. The
-sink dead-letters a message whose ``Nats-Msg-Id`` names another topic than its subject, and takes the
-keyed form with any JSON body of its topic, on the SQL path."""
+sink dead-letters a message whose ``Nats-Msg-Id`` names another topic than its subject, and ingest
+publishes under a keyed id (``<topic>:@<mac>``) that no raw publisher can compute: a raw message can
+no longer take the id of an event sent over HTTP, and a 202's ``duplicates`` counts only ingest's own
+earlier publishes of the same event."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
+from nats.aio.client import Client
+from prometheus_client import CollectorRegistry
 
+from logmesh.cli.main import build_parser
 from logmesh.common.model import MAC_CHARS, MsgIdKey, is_keyed_msg_id, msg_id, msg_id_topic
+from logmesh.common.settings import SettingsError, settings_from_args
 from logmesh.common.wire import WireMsg
+from logmesh.ingest.app import Ingest
+from logmesh.ingest.settings import IngestSettings
 from logmesh.sink.decoding import DecodedBatch, ReferenceDecoder
 from logmesh.sink.seqranges import SeqRanges
 from logmesh.sink.sql_decoder import SqlDecoder
+from tests.harness import Up, event, over_nats
 from tests.stream_messages import reply
+
+pytestmark = pytest.mark.timeout(120)
 
 KEY = "a key of forty characters, for the tests"
 IDS = MsgIdKey(KEY.encode())
@@ -213,3 +226,125 @@ def test_a_keyed_id_beside_other_headers_is_stored_by_both(sql: SqlDecoder) -> N
     msgs = [WireMsg(b"logs.pay", reply(1), block, json_body("invoice-42"))]
     assert verdict(sql.decode(msgs, SeqRanges(), EPOCH)) == stored("invoice-42")
     assert verdict(ReferenceDecoder().decode(msgs, SeqRanges(), EPOCH)) == stored("invoice-42")
+
+
+# ---- the key ------------------------------------------------------------------------------------------
+
+
+def refusal(*argv: str) -> str:
+    """What ``logmesh *argv`` says of its settings, read as its handler reads them."""
+    args: argparse.Namespace = build_parser().parse_args(list(argv))
+    with pytest.raises(SettingsError) as refused:
+        settings_from_args(args.settings_cls, args)
+    return str(refused.value)
+
+
+def test_a_short_key_is_one_line_that_does_not_show_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert refusal("ingest", "--msg-id-key", "s3cret") == "--msg-id-key: must be at least 32 characters"
+    monkeypatch.setenv("LOGMESH_MSG_ID_KEY", "x" * 31)
+    assert refusal("ingest") == "LOGMESH_MSG_ID_KEY: must be at least 32 characters"
+
+
+def test_a_key_from_the_environment_is_taken_and_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGMESH_MSG_ID_KEY", KEY)
+    settings = IngestSettings()
+    assert settings.msg_id_key is not None and settings.msg_id_key.get_secret_value() == KEY
+    assert KEY not in repr(settings) and KEY not in str(settings.model_dump())
+
+
+def test_without_a_key_each_ingest_draws_its_own_and_says_what_that_costs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("LOGMESH_MSG_ID_KEY", raising=False)
+    with caplog.at_level(logging.INFO, logger="logmesh.ingest"):
+        first, second = (Ingest(IngestSettings(), CollectorRegistry()) for _ in range(2))
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "--msg-id-key" in r.getMessage()]
+    assert len(said) == 2 and "caught by the sink's primary key instead of JetStream's window" in said[0]
+    ids = [ingest._msg_ids.msg_id("pay", "invoice-42") for ingest in (first, second)]
+    assert ids[0] != ids[1] and all(is_keyed_msg_id("pay", i) for i in ids)
+    given = [Ingest(IngestSettings(msg_id_key=KEY), CollectorRegistry()) for _ in range(2)]
+    assert {ingest._msg_ids.msg_id("pay", "invoice-42") for ingest in given} == {KEYED}
+
+
+# ---- end to end, through logmesh up -------------------------------------------------------------------
+
+
+def js_publish(url: str, subject: str, body: bytes, header_id: str) -> tuple[int, bool]:
+    """An acked raw publish, as any client allowed to write into the stream may send it."""
+
+    async def publish(nc: Client) -> tuple[int, bool]:
+        ack = await nc.jetstream().publish(subject, body, headers={"Nats-Msg-Id": header_id})
+        return ack.seq, bool(ack.duplicate)
+
+    return over_nats(url, publish)
+
+
+def stream_messages(url: str) -> list[Any]:
+    """Every message in the stream, read with JetStream's stream message get."""
+
+    async def read(nc: Client) -> list[Any]:
+        js = nc.jetstream()
+        info = await js.stream_info("LOGS")
+        return [await js.get_msg("LOGS", seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+
+    return over_nats(url, read)
+
+
+def dead_letters(up: Up) -> list[dict[str, Any]]:
+    letters: list[dict[str, Any]] = up.http.get("/dead-letters").json()["dead_letters"]
+    return letters
+
+
+@pytest.mark.usefixtures("nats_io")
+def test_a_raw_message_naming_another_topic_is_dead_lettered_and_takes_no_id_from_ingest(make_up: Any) -> None:
+    up: Up = make_up({"LOGMESH_MSG_ID_KEY": KEY})
+    # The attack: an id of topic pay on logs.junk, in JetStream before the real event.
+    body = orjson.dumps({"event_id": "pay:invoice-42", "source": "x", "payload": {"forged": True}})
+    _, duplicate = js_publish(up.nats_url, "logs.junk", body, "pay:invoice-42")
+    assert not duplicate
+    up.settled_stats(arrived=1)
+    [letter] = dead_letters(up)
+    assert letter["subject"] == "logs.junk" and letter["reason"] == OTHER_TOPIC
+
+    real = event("pay", "invoice-42")
+    answer = up.publish(real)
+    assert (answer.status_code, answer.json()) == (202, {"accepted": 1, "duplicates": 0, "stored": 1})
+    stats = up.settled_stats(arrived=2)
+    assert (stats["unique_processed"], stats["invalid"], stats["duplicates"]) == (1, 1, {"window": 0, "store": 0})
+    stored = up.http.get("/events/pay/invoice-42")
+    assert stored.status_code == 200 and stored.json()["payload"] == real["payload"]
+
+
+@pytest.mark.usefixtures("nats_io")
+def test_a_raw_preempt_of_the_raw_id_cannot_stop_the_real_event_and_a_repeat_is_a_true_duplicate(
+    make_up: Any,
+) -> None:
+    up: Up = make_up({"LOGMESH_MSG_ID_KEY": KEY})
+    # Allowed on logs.pay, and the id the old ingest used: with a body the sink dead-letters.
+    bad = orjson.dumps({"event_id": "invoice-42", "timestamp": "yesterday", "source": "x"})
+    js_publish(up.nats_url, "logs.pay", bad, "pay:invoice-42")
+    real = event("pay", "invoice-42")
+    first, again = up.publish(real), up.publish(real)
+    assert (first.status_code, first.json()) == (202, {"accepted": 1, "duplicates": 0, "stored": 1})
+    assert (again.status_code, again.json()) == (202, {"accepted": 1, "duplicates": 1, "stored": 0})
+    stats = up.settled_stats(arrived=3)
+    assert (stats["unique_processed"], stats["invalid"], stats["duplicates"]) == (1, 1, {"window": 1, "store": 0})
+    assert up.http.get("/events/pay/invoice-42").status_code == 200
+    [letter] = dead_letters(up)
+    assert letter["subject"] == "logs.pay" and "timestamp" in letter["reason"]
+
+    # The duplicate is true: the one message under ingest's id for (pay, invoice-42) is the event.
+    held = [m for m in stream_messages(up.nats_url) if (m.headers or {}).get("Nats-Msg-Id") == KEYED]
+    assert [(m.subject, m.data) for m in held] == [("logs.pay", orjson.dumps(real))]
+
+
+def test_an_http_copy_and_a_raw_copy_of_one_event_are_stored_once_and_both_counted(up: Up) -> None:
+    """The cost of keyed ids: the two copies no longer meet in JetStream's window (different ids);
+    the store's primary key drops the second and counts it."""
+    real = event("pay", "invoice-7")
+    assert up.publish(real).json() == {"accepted": 1, "duplicates": 0, "stored": 1}
+    _, duplicate = js_publish(up.nats_url, "logs.pay", orjson.dumps(real), msg_id("pay", "invoice-7"))
+    assert not duplicate
+    stats = up.settled_stats(arrived=2)
+    assert (stats["unique_processed"], stats["duplicates"]) == (1, {"window": 0, "store": 1})
+    assert stats["invariant_holds"]

@@ -142,10 +142,6 @@ class Event(BaseModel):
     source: Source
     payload: Payload = Field(default_factory=dict)
 
-    @property
-    def msg_id(self) -> str:
-        return msg_id(self.topic, self.event_id)
-
 
 class StreamEvent(BaseModel):
     """A JSON object read from the stream, where a raw NATS publisher may leave out what the message
