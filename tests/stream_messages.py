@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 from hypothesis import strategies as st
 
+from logmesh.common.jetstream import MSG_ID_HEADER
+from logmesh.common.model import KEYED_MARK, MAC_CHAR_CLASS, MAC_CHARS
 from logmesh.common.wire import WireMsg
 from logmesh.sink.seqranges import SeqRanges
 
@@ -124,6 +126,7 @@ def log_messages(draw: st.DrawFn, seq: int) -> Generated:
         "event_id": json.dumps(
             draw(
                 st.sampled_from(["e1", "abc-123", "x y", "a" * 256, 'q"uote', "back\\slash"])
+                | st.sampled_from(["orders:e1", "a.b:x:y", "other:z", ":lead", "@" + "A" * MAC_CHARS])
                 | st.from_regex(r"[!-~]([ -~]{0,20}[!-~])?", fullmatch=True)
             )
         ),
@@ -133,7 +136,7 @@ def log_messages(draw: st.DrawFn, seq: int) -> Generated:
         "source": json.dumps(draw(st.sampled_from(["svc", "s" * 128, "edge node"]))),
         "payload": object_text(draw, draw(st.lists(json_texts(), max_size=4))),
     }
-    header_kind = draw(st.sampled_from([None, "same", "prefixed"]))
+    header_kind = draw(GOOD_IDS)
     changes = draw(st.lists(st.sampled_from(CHANGES), min_size=1, max_size=2)) if draw(st.booleans()) else []
     for change in changes:
         if change == "subject":
@@ -143,9 +146,11 @@ def log_messages(draw: st.DrawFn, seq: int) -> Generated:
         elif change == "extra":
             fields["extra"] = draw(json_texts())
         elif change == "header":
-            header_kind = draw(st.sampled_from(["other", "", "spaced", "twice", "not utf-8"]))
+            header_kind = draw(st.sampled_from(["other", "", "spaced", "twice", "not utf-8", *BAD_IDS]))
         else:
             fields[change] = draw(FIELD_VALUES[change])
+    if header_kind == "same" and fields.get("event_id", "").startswith('"') and draw(st.booleans()):
+        fields["event_id"] = json.dumps(draw(_colon_ids(topic)))
     malformed = draw(st.sampled_from(MALFORMED)) if draw(st.integers(0, 2)) == 0 else None
     if malformed in BAD_PAYLOADS:
         fields["payload"] = draw(st.sampled_from(BAD_PAYLOADS[malformed]))
@@ -154,20 +159,100 @@ def log_messages(draw: st.DrawFn, seq: int) -> Generated:
     broken = _break(text, malformed, draw) if malformed else text
     data = broken if isinstance(broken, bytes) else broken.encode()
     event_id = json.loads(fields["event_id"]) if "event_id" in fields and fields["event_id"].startswith('"') else "x"
-    header = {
-        None: None,
-        "same": f"Nats-Msg-Id: {event_id}",
-        "prefixed": f"Nats-Msg-Id: {topic}:{event_id}",
-        "other": "Nats-Msg-Id: something-else",
-        "": "Nats-Msg-Id:",
+    header = message_id_header(draw, header_kind, topic, event_id)
+    block = f"NATS/1.0\r\n{header}\r\n\r\n".encode("utf-8", "surrogatepass") if header is not None else None
+    payload = None if malformed else fields.get("payload", "{}")
+    if draw(st.integers(0, 9)) == 0:  # a plain log line
+        line = draw(st.sampled_from(["GET /index.html 200", "\u0661\u0662\u0663 digits", "emoji 😀", " padded "]))
+        data, malformed = line.encode(), None
+        payload = json.dumps({"message": line}, ensure_ascii=False, separators=(",", ":"))
+        changes.append("plain")
+    valid = not changes and not malformed and not _names_another_topic(header_kind, topic, event_id)
+    msg = WireMsg(f"logs.{topic}".encode(), reply(seq), block, data)
+    return Generated(msg, payload, malformed is not None, valid)
+
+
+EVENT_IDS = st.sampled_from(["e1", "x y", "a" * 256, "\u0661\u0662", "@" + "A" * MAC_CHARS, ":lead", "other:z"]) | (
+    st.from_regex(r"[!-~]([ -~]{0,20}[!-~])?", fullmatch=True)
+)
+
+
+@st.composite
+def compact_events(draw: st.DrawFn, seq: int) -> Generated:
+    """Events as ingest and most clients write them (compact JSON, UTC times), which the SQL path takes
+    when their id allows, with every kind of message id: most the decoders' rules turn on the id alone."""
+    topic = draw(st.sampled_from(["orders", "a.b", "ok-1_x"]))
+    kind = draw(st.one_of(GOOD_IDS, st.sampled_from(BAD_IDS)))
+    event_id = draw(_colon_ids(topic) if kind == "same" and draw(st.booleans()) else EVENT_IDS)
+    body = {"topic": topic, "event_id": event_id, "timestamp": "2026-11-22T10:00:00Z", "source": "s", "payload": {}}
+    if draw(st.booleans()):
+        del body["topic"]
+    header = message_id_header(draw, kind, topic, event_id)
+    block = f"NATS/1.0\r\n{header}\r\n\r\n".encode() if header is not None else None
+    valid = kind not in BAD_IDS and not _names_another_topic(kind, topic, event_id)
+    return Generated(WireMsg(f"logs.{topic}".encode(), reply(seq), block, orjson.dumps(body)), "{}", False, valid)
+
+
+def _colon_ids(topic: str) -> st.SearchStrategy[str]:
+    """Event ids with a ':': as a bare id, each names a topic, the subject's or another."""
+    return st.sampled_from([f"{topic}:e1", f"{topic}:x:y", "other:z", f"{topic}.x:y", f"{topic[:-1]}:y", ":lead"])
+
+
+def _names_another_topic(kind: str | None, topic: str, event_id: str) -> bool:
+    # The sink's rule, stated again: a bare id (the event_id itself) with a ':' names the topic before it.
+    return kind == "same" and ":" in event_id and event_id.partition(":")[0] != topic
+
+
+# Message ids the sink refuses for a body with an event_id: another topic named, ingest's keyed form spoiled.
+BAD_IDS = [
+    "other topic",
+    "topic's prefix",
+    "nested topic",
+    "several colons",
+    "unicode digit topic",
+    "long topic",
+    "keyed, short",
+    "keyed, long",
+    "keyed, not base64url",
+    "keyed, another topic",
+    "unicode digits",
+    "long",
+]
+GOOD_IDS = st.sampled_from([None, "same", "prefixed", "keyed"])
+MACS = st.from_regex(f"{MAC_CHAR_CLASS}{{{MAC_CHARS}}}", fullmatch=True)
+
+
+def message_id_header(draw: st.DrawFn, kind: str | None, topic: str, event_id: str) -> str | None:
+    """The ``Nats-Msg-Id`` header line of a kind (None: no header)."""
+    if kind is None:
+        return None
+    mac = draw(MACS)
+    ids = {
+        "same": event_id,
+        "prefixed": f"{topic}:{event_id}",
+        "keyed": f"{topic}:{KEYED_MARK}{mac}",
+        "other": "something-else",
+        "": "",
+        "other topic": f"other:{event_id}",
+        "topic's prefix": f"{topic[:-1]}:{event_id}",
+        "nested topic": f"{topic}.x:{event_id}",
+        "several colons": f"{topic}:{event_id}:{event_id}",
+        "unicode digit topic": f"\u0661\u0662:{event_id}",
+        "long topic": "t" * 5000 + f":{event_id}",
+        "keyed, short": f"{topic}:{KEYED_MARK}{mac[:-1]}",
+        "keyed, long": f"{topic}:{KEYED_MARK}{mac}A",
+        "keyed, not base64url": f"{topic}:{KEYED_MARK}{mac[:-1]}{draw(st.sampled_from('+/=é~٣'))}",
+        "keyed, another topic": f"other:{KEYED_MARK}{mac}",
+        "unicode digits": f"{topic}:\u0661\u0662\u0663",
+        "long": f"{topic}:" + "a" * 5000,
+    }
+    if kind in ids:
+        return f"{MSG_ID_HEADER}: {ids[kind]}"
+    return {
         "spaced": f"Nats-Msg-Id:   {event_id}  ",
         "twice": f"Nats-Msg-Id: {event_id}\r\nNats-Msg-Id: {topic}:{event_id}",
         "not utf-8": f"Nats-Msg-Id: {event_id}\udcff",
-    }[header_kind]
-    block = f"NATS/1.0\r\n{header}\r\n\r\n".encode("utf-8", "surrogatepass") if header is not None else None
-    payload = None if malformed else fields.get("payload", "{}")
-    msg = WireMsg(f"logs.{topic}".encode(), reply(seq), block, data)
-    return Generated(msg, payload, malformed is not None, not changes and not malformed)
+    }[kind]
 
 
 # Payloads RFC 8259 does not allow, or (a float beyond 1.8e308) no reader can hold.
@@ -251,14 +336,17 @@ def batches(draw: st.DrawFn) -> tuple[list[Generated], SeqRanges]:
         "source": "s",
         "payload": {"n": 1},
     }
-    out = [Generated(WireMsg(b"logs.orders", reply(1), None, orjson.dumps(canonical)), '{"n":1}', False, True)]
+    # As ingest (its keyed id) or a raw publisher writes it: the SQL path must take it either way.
+    header = message_id_header(draw, draw(st.sampled_from([None, "prefixed", "keyed"])), "orders", "canonical")
+    block = f"NATS/1.0\r\n{header}\r\n\r\n".encode() if header else None
+    out = [Generated(WireMsg(b"logs.orders", reply(1), block, orjson.dumps(canonical)), '{"n":1}', False, True)]
     for _ in range(draw(st.integers(0, 10))):
         seq = len(out) + 1
         if draw(st.integers(0, 9)) == 0:
             receipt = WireMsg(b"logmesh.receipts", reply(seq), None, draw(RECEIPTS))
             out.append(Generated(receipt, None, False, False))
         else:
-            out.append(draw(log_messages(seq)))
+            out.append(draw(compact_events(seq) if draw(st.integers(0, 2)) == 0 else log_messages(seq)))
     if len(out) > 2 and draw(st.booleans()):
         out.append(draw(st.sampled_from(out[1:])))  # redelivered while its first copy is in the batch
     committed = SeqRanges((s, s) for s in draw(st.sets(st.integers(2, len(out) + 1), max_size=2)))

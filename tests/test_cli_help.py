@@ -43,7 +43,7 @@ FLAGS = {
     "stats": {"--url", "--raw", "--no-raw", "--query-token", "--data-dir"},
     "tail": {"--nats-url", "--stream", "--topic", "--all", "--count", "--data-dir"} | NATS_AUTH | LOGGING,
     "ingest": {"--nats-url", "--nats-io", "--stream", "--max-batch", "--max-body-bytes", "--body-timeout"}
-    | {"--publish-timeout"}
+    | {"--publish-timeout", "--msg-id-key"}
     | NATS_AUTH
     | HTTP
     | LOGGING

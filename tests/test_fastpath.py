@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from logmesh.common.model import MsgIdKey
 from logmesh.common.reference_decoder import Rejected, decode_message
 from logmesh.common.wire import Delivery, WireMsg, parse_headers
 from logmesh.ingest.body import parse_events
@@ -68,8 +69,8 @@ def outcomes(decoded: DecodedBatch, msgs: list[WireMsg]) -> list[Any]:
 
 
 def test_what_ingest_publishes_takes_the_sql_path(sql: SqlDecoder) -> None:
-    # Ingest publishes each event's own text (parse_events gives it): compact JSON with UTC times, as the load
-    # generator and most clients send it, must stay on the SQL path.
+    # Ingest publishes each event's own text (parse_events gives it) under its keyed id: compact JSON with
+    # UTC times, as the load generator and most clients send it, must stay on the SQL path.
     body = orjson.dumps(
         [
             {"topic": "orders", "event_id": "o-1", "timestamp": "2026-11-22T10:00:00Z", "source": "shop"},
@@ -84,11 +85,12 @@ def test_what_ingest_publishes_takes_the_sql_path(sql: SqlDecoder) -> None:
         ]
     )
     events, texts = parse_events(body, 10)
+    ids = MsgIdKey(b"k" * 32)  # ingest's ids: every HTTP event carries one
     msgs = [
         WireMsg(
             b"logs." + e.topic.encode(),
             reply(n + 1),
-            b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % e.msg_id.encode(),
+            b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % ids.msg_id(e.topic, e.event_id).encode(),
             text,
         )
         for n, (e, text) in enumerate(zip(events, texts, strict=True))

@@ -188,7 +188,9 @@ def test_ingest_crash_mid_request(nats: NatsServer, tmp_path: Path, service: Cal
     same batch against a new ingest: every event is stored once and every copy counted."""
     ready_sink(service, sink_args(nats, tmp_path / "data"))
     port = free_port()
-    args = ["ingest", "--nats-url", nats.url, "--http-port", str(port)]
+    # Both ingests key their message ids alike, so JetStream's window recognises the retried batch.
+    key = ["--msg-id-key", "one key for both ingests, 32 chars or more"]
+    args = ["ingest", "--nats-url", nats.url, "--http-port", str(port), *key]
     dying = service(args, {"LOGMESH_FAILPOINTS": "ingest.after_publish=kill"})
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(url + "/readyz").status_code == 200, 30, "ingest ready")

@@ -1,8 +1,8 @@
 """One verdict per event: what ``POST /publish`` accepts the sink stores exactly as it was sent, and
 what the sink would refuse ingest refuses (400 or 422, saying where), so that no acknowledged event
 is dead-lettered. Pure functions: ingest's ``parse_events`` against the reference decoder, fed each
-event's text as the NATS message ingest publishes (subject ``logs.<topic>``, ``Nats-Msg-Id:
-<topic>:<event_id>``)."""
+event's text as the NATS message ingest publishes (subject ``logs.<topic>``, ingest's keyed
+``Nats-Msg-Id``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from logmesh.common.http import ApiError
 from logmesh.common.jetstream import log_subject
-from logmesh.common.model import msg_id
+from logmesh.common.model import MsgIdKey
 from logmesh.common.reference_decoder import Rejected, Row, decode_message
 from logmesh.common.strict_json import MAX_DEPTH
 from logmesh.common.wire import Delivery, parse_headers
@@ -25,6 +25,7 @@ from logmesh.ingest.body import parse_events
 from tests.stream_messages import BAD_PAYLOADS, FIELD_VALUES, json_texts, object_text
 
 DELIVERY = Delivery(stream_seq=7, delivered=1, stream_time_ns=1_763_805_600_000_000_000)
+INGEST_IDS = MsgIdKey(b"k" * 32)  # the ids ingest publishes under
 REQUIRED = ("topic", "event_id", "timestamp", "source")
 
 # Numbers at the edges that RFC 8259 and a binary64 float allow: the largest float, a float that rounds
@@ -263,7 +264,7 @@ def sink_verdict(event: SentEvent) -> Row | Rejected:
     """The row the sink stores for the message ingest would publish for this event, or why not."""
     block = (
         b"NATS/1.0\r\nNats-Msg-Id: "
-        + msg_id(event.topic, event.event_id).encode("utf-8", "surrogatepass")
+        + INGEST_IDS.msg_id(event.topic, event.event_id).encode("utf-8", "surrogatepass")
         + b"\r\n\r\n"
     )
     try:
@@ -389,7 +390,7 @@ def test_an_event_at_the_sinks_nesting_limit_is_accepted_and_stored() -> None:
     depth = MAX_DEPTH - 2
     body = TEMPLATE.replace('"payload":{}', '"payload":{"a":' + "[" * depth + "]" * depth + "}") % (0, "")
     [event], [text] = parse_events(body.encode(), max_batch=10)
-    row = decode_message("logs.t", {"Nats-Msg-Id": event.msg_id}, text, DELIVERY, 1)
+    row = decode_message("logs.t", {"Nats-Msg-Id": INGEST_IDS.msg_id(event.topic, event.event_id)}, text, DELIVERY, 1)
     assert row.payload == '{"a":' + "[" * depth + "]" * depth + "}"
 
 
@@ -399,7 +400,12 @@ def test_an_integer_of_any_length_is_accepted_and_stored_as_written() -> None:
     body = (TEMPLATE.replace('"payload":{}', '"payload":' + payload) % (0, "")).encode()
     [event], [text] = parse_events(body, max_batch=10)
     assert text == body and event.payload == {"n": Decimal(digits)}
-    assert decode_message("logs.t", {"Nats-Msg-Id": event.msg_id}, text, DELIVERY, 1).payload == payload
+    assert (
+        decode_message(
+            "logs.t", {"Nats-Msg-Id": INGEST_IDS.msg_id(event.topic, event.event_id)}, text, DELIVERY, 1
+        ).payload
+        == payload
+    )
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import orjson
 import pytest
 from nats.aio.client import Client
 
+from logmesh.common.reference_decoder import MAX_RECEIPT_EVENTS, Rejected, decode_receipt
 from tests.harness import Up, event, over_nats
 
 pytestmark = pytest.mark.timeout(90)
@@ -43,3 +44,48 @@ def test_a_receipt_that_cannot_be_true_is_a_dead_letter_and_the_counters_stay_ri
     assert [letter["subject"] for letter in letters] == ["logmesh.receipts"] * len(FORGED)
     for (_, reason), letter in zip(FORGED, letters, strict=True):
         assert letter["reason"].startswith("receipt: ") and reason in letter["reason"], letter["reason"]
+
+
+# Each number checked against what it can truthfully be: the batch it speaks for, and no more.
+CANNOT_BE_TRUE = [
+    (
+        b'{"events":2,"window_duplicates":{"orders":-1}}',
+        "window_duplicates.orders: must be an integer from 1 to 2, not -1",
+    ),
+    (
+        b'{"events":2,"window_duplicates":{"orders":0}}',
+        "window_duplicates.orders: must be an integer from 1 to 2, not 0",
+    ),
+    (
+        b'{"events":1,"window_duplicates":{"orders":2}}',
+        "window_duplicates.orders: must be an integer from 1 to 1, not 2",
+    ),
+    (b'{"events":2,"window_duplicates":{"a":1,"b":1,"c":1}}', "window_duplicates add up to 3, more than its 2 events"),
+    (b'{"events":0,"window_duplicates":{}}', f"events: must be an integer from 1 to {MAX_RECEIPT_EVENTS}, not 0"),
+    (b'{"events":-5,"window_duplicates":{}}', "events: must be an integer from 1 to 1000000, not -5"),
+    (b'{"events":1000001,"window_duplicates":{}}', "events: must be an integer from 1 to 1000000, not 1000001"),
+    (b'{"events":2,"window_duplicates":{"orders":1.0}}', "must be an integer from 1 to 2, not 1.0"),
+    (b'{"events":2,"window_duplicates":{"orders":1e0}}', "must be an integer from 1 to 2, not 1e0"),
+    (b'{"events":2,"window_duplicates":{"orders":"1"}}', "must be an integer from 1 to 2, not a string"),
+    (b'{"events":2,"window_duplicates":{"orders":true}}', "must be an integer from 1 to 2, not true"),
+    (b'{"events":2,"window_duplicates":{"orders":1' + b"0" * 400 + b"}}", "not a number of 401 characters"),
+    (b'{"events":2,"window_duplicates":{"orders":\xd9\xa1}}', "not valid JSON"),  # a Unicode digit
+    (b'{"events":2,"window_duplicates":{"orders":01}}', "not valid JSON: number with a leading zero"),
+    (b'{"events":1,"window_duplicates":{"orders":99999999999999999999999,"orders":1}}', "'orders' appears twice"),
+    (b'{"events":2,"events":2,"window_duplicates":{}}', "name 'events' appears twice"),
+    (b'{"events":2,"window_duplicates":[]}', "window_duplicates: must be an object of counts by topic, not an array"),
+    (b'{"events":2,"window_duplicates":{"bad topic":1}}', "window_duplicates: 'bad topic': topic must be"),
+    (b'{"events":2,"window_duplicates":{},"extra":1}', "'extra': unknown field"),
+    (b"\xff", "body is not UTF-8"),
+]
+
+
+@pytest.mark.parametrize(("body", "reason"), CANNOT_BE_TRUE)
+def test_a_receipts_numbers_are_checked_against_its_batch(body: bytes, reason: str) -> None:
+    with pytest.raises(Rejected) as refused:
+        decode_receipt(body)
+    assert refused.value.reason.startswith("receipt: ") and reason in refused.value.reason, refused.value.reason
+
+
+def test_a_receipt_for_its_whole_batch_is_counted() -> None:
+    assert decode_receipt(b'{"events":3,"window_duplicates":{"a":2,"b.c":1}}') == {"a": 2, "b.c": 1}

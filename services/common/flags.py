@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import annotated_types
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
 _SHOWN_INPUT = 60  # characters of a rejected value quoted back
@@ -114,7 +114,9 @@ def explain(exc: ValidationError, fields: dict[str, FieldInfo], from_flags: Coll
             continue
         where = flag_name(name) if name in from_flags else env_prefix + name.upper()
         rule = allowed(fields[name])
-        if rule is not None:
+        if _unwrapped(fields[name])[0] is SecretStr:  # a secret is never quoted back, not even a wrong one
+            said[name] = f"{where}: {message}"
+        elif rule is not None:
             said[name] = f"{where}: must be {rule}, not {_quoted(error['input'])}"
         else:
             said[name] = f"{where}: {message}, not {_quoted(error['input'])}"

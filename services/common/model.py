@@ -1,11 +1,14 @@
-"""The log event: one schema for HTTP requests, stream messages and stored rows.
+"""The log event: one schema for HTTP requests, stream messages and stored rows, and the message ids.
 
-Identity is ``(topic, event_id)``. The JetStream ``Nats-Msg-Id`` is ``<topic>:<event_id>`` because the
-duplicate window is per stream, not per subject, so the id must carry the topic.
+Identity is ``(topic, event_id)``. JetStream's duplicate window is per stream, not per subject, so a
+``Nats-Msg-Id`` carries the topic: a raw publisher writes ``<topic>:<event_id>`` (or a bare id without
+``:``), ingest a keyed id no one else can compute (``MsgIdKey``).
 """
 
 from __future__ import annotations
 
+import binascii
+import hashlib
 import math
 import re
 from datetime import UTC, datetime
@@ -139,10 +142,6 @@ class Event(BaseModel):
     source: Source
     payload: Payload = Field(default_factory=dict)
 
-    @property
-    def msg_id(self) -> str:
-        return msg_id(self.topic, self.event_id)
-
 
 class StreamEvent(BaseModel):
     """A JSON object read from the stream, where a raw NATS publisher may leave out what the message
@@ -158,7 +157,58 @@ class StreamEvent(BaseModel):
 
 
 def msg_id(topic: str, event_id: str) -> str:
+    """The id a raw publisher (``nats pub``, the load generator over NATS) gives an event."""
     return f"{topic}:{event_id}"
+
+
+# Ingest's ids: <topic>:@<mac>, the mac 22 characters of unpadded base64url (128 bits).
+KEYED_MARK = "@"
+MAC_CHARS = 22
+MAC_CHAR_CLASS = "[A-Za-z0-9_-]"  # base64url's alphabet, as a pattern (the SQL decoder uses it too)
+_MAC = re.compile(f"{MAC_CHAR_CLASS}{{{MAC_CHARS}}}")
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+class MsgIdKey:
+    """Ingest's message ids: ``<topic>:@<mac>``, the mac a keyed BLAKE2b of ``topic NUL event_id``.
+
+    A raw publisher that may write into the stream could otherwise send ``<topic>:<event_id>`` first
+    (on another subject, or with a body the sink dead-letters) and JetStream would drop ingest's real
+    event as a duplicate of it: a 202 saying "duplicate" for an event never stored. Without the key no
+    one can compute ingest's id, so only ingest's own earlier publish of the same ``(topic,
+    event_id)``, which passed the same validation, can take it: when JetStream calls an HTTP event a
+    duplicate, it is one. The cost: an HTTP copy and a raw copy (``<topic>:<event_id>``) of one event,
+    or HTTP copies sent through ingests with different keys, no longer meet in JetStream's window; the
+    sink's primary key drops and counts that repeat instead, so the counters stay exact. The topic
+    holds no NUL, so ``topic NUL event_id`` names one pair only."""
+
+    def __init__(self, key: bytes) -> None:
+        self._keyed = hashlib.blake2b(key=key, digest_size=16)  # copied per id: the key is hashed once
+
+    def msg_id(self, topic: str, event_id: str) -> str:
+        mac = self._keyed.copy()
+        # surrogatepass: total over any str (a validated event holds no surrogate).
+        mac.update(f"{topic}\0{event_id}".encode("utf-8", "surrogatepass"))
+        text = binascii.b2a_base64(mac.digest(), newline=False)[:MAC_CHARS].translate(_URLSAFE)
+        return f"{topic}:{KEYED_MARK}{text.decode()}"
+
+
+def msg_id_topic(value: str) -> str | None:
+    """The topic a message id names: what comes before its first ``:`` (a topic holds none), or None
+    for a bare id."""
+    topic, colon, _ = value.partition(":")
+    return topic if colon else None
+
+
+def is_keyed_msg_id(topic: str, value: str) -> bool:
+    """Whether ``value`` has the form of ingest's id for an event of ``topic``. The sink has no key, so
+    it cannot check the mac; a raw publisher using this form can only collide with an id it cannot
+    compute."""
+    return (
+        len(value) == len(topic) + 2 + MAC_CHARS
+        and value.startswith(f"{topic}:{KEYED_MARK}")
+        and _MAC.fullmatch(value, len(topic) + 2) is not None
+    )
 
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

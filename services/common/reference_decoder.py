@@ -5,8 +5,13 @@ The sink's SQL batch decoder accepts a subset of what this accepts and leaves ev
 
 Rules for messages that did not come through ingest (any NATS client, e.g. ``nats pub``):
 - the topic is the subject less ``logs.``; a JSON body whose ``topic`` disagrees is invalid;
-- a body starting with ``{`` is a JSON event; a missing ``event_id`` comes from ``Nats-Msg-Id`` (less a
-  leading ``<topic>:``), a missing timestamp from the stream time, a missing source from the
+- a ``Nats-Msg-Id`` with a ``:`` names the topic before its first ``:`` (a topic holds none), which must
+  be the subject's: JetStream's duplicate window spans every subject, and an id naming another topic
+  would take that topic's id from its publishers; a bare id (no ``:``) names no topic;
+- a body starting with ``{`` is a JSON event; a ``Nats-Msg-Id`` must be its ``event_id``,
+  ``<topic>:<event_id>`` or ingest's keyed form ``<topic>:@<mac>`` (``model.MsgIdKey``, which the sink
+  cannot check without the key); a missing ``event_id`` comes from ``Nats-Msg-Id`` (less the leading
+  ``<topic>:``), a missing timestamp from the stream time, a missing source from the
   ``Logmesh-Source`` header or ``nats``;
 - any other UTF-8 body is a plain log line stored as ``{"message": <text>}``, its id the
   ``Nats-Msg-Id`` or, without one, derived from the stream sequence;
@@ -35,7 +40,15 @@ from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
 from logmesh.common.jetstream import LOG_SUBJECT_PREFIX, MSG_ID_HEADER, SOURCE_HEADER
-from logmesh.common.model import SOURCE_MAX, StreamEvent, check_event_id, check_topic, field_errors
+from logmesh.common.model import (
+    SOURCE_MAX,
+    StreamEvent,
+    check_event_id,
+    check_topic,
+    field_errors,
+    is_keyed_msg_id,
+    msg_id_topic,
+)
 from logmesh.common.strict_json import JsonError, Member, Number, members
 from logmesh.common.wire import Delivery
 
@@ -75,6 +88,8 @@ def decode_message(
     except PydanticCustomError as exc:
         raise Rejected(f"subject topic {topic!r}: {exc.message()}") from None
     header_id = headers.get(MSG_ID_HEADER) if headers else None
+    if header_id is not None:
+        _check_id_topic(topic, header_id)
     text = _utf8(body)
     stripped = text.strip()
     if not stripped:
@@ -111,7 +126,11 @@ def _json_event(
         raise Rejected(f"topic {event.topic!r} in the body disagrees with the subject's topic {topic!r}")
     if event.event_id is not None:
         event_id = event.event_id
-        if header_id is not None and header_id not in (event_id, f"{topic}:{event_id}"):
+        if (
+            header_id is not None
+            and header_id not in (event_id, f"{topic}:{event_id}")
+            and not is_keyed_msg_id(topic, header_id)
+        ):
             raise Rejected(
                 f"{MSG_ID_HEADER} {header_id!r} disagrees with event_id {event_id!r} (expected {topic}:{event_id})"
             )
@@ -164,7 +183,21 @@ def _validated(fields: list[Member], text: str) -> tuple[StreamEvent, str]:
         raise Rejected("; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors)) from None
 
 
+def _check_id_topic(topic: str, header_id: str) -> None:
+    named = msg_id_topic(header_id)
+    if named is not None and named != topic:
+        raise Rejected(
+            f"{MSG_ID_HEADER} {_shown(header_id)} names topic {_shown(named)}, not the subject's topic {topic!r}"
+        )
+
+
+def _shown(text: str) -> str:
+    # A header may be as long as a message: a reason quotes the start of it.
+    return repr(text) if len(text) <= 300 else f"{text[:300]!r}... ({len(text)} characters)"
+
+
 def _id_from_header(topic: str, header_id: str) -> str:
+    # An id with a ':' names the subject's topic (checked first): the event id is what follows it.
     prefix = topic + ":"
     event_id = header_id[len(prefix) :] if header_id.startswith(prefix) else header_id
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from typing import Any
 
 from nats.aio.client import Client
@@ -22,7 +23,7 @@ from logmesh.common.auth import INGEST, Authenticator
 from logmesh.common.failpoints import Failpoints
 from logmesh.common.http import ApiError, FastJSONResponse, build_app
 from logmesh.common.jetstream import NatsLink, log_subject, wait_for_stream
-from logmesh.common.model import Event
+from logmesh.common.model import Event, MsgIdKey
 from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.openapi import json_content, model_schema, responses
 from logmesh.common.publisher import AckedPublisher, Outgoing
@@ -36,7 +37,9 @@ RETRY_AFTER = {"Retry-After": "1"}
 
 class PublishResult(BaseModel):
     accepted: int = Field(description="events in the request")
-    duplicates: int = Field(description="events JetStream dropped as already seen inside its window")
+    duplicates: int = Field(
+        description="events JetStream dropped inside its window as already published through ingest (same id key)"
+    )
     stored: int = Field(description="events new to the stream")
 
 
@@ -80,6 +83,7 @@ class Ingest:
             credentials=NatsCredentials.from_settings(settings, "ingest"),
         )
         self._failpoints = Failpoints(settings.failpoints)
+        self._msg_ids = MsgIdKey(_msg_id_key(settings))
 
     async def _declare(self, nc: Client) -> None:
         await wait_for_stream(nc.jetstream(), self.settings, may_update=False)
@@ -104,7 +108,7 @@ class Ingest:
         body = await read_body(request, s.max_body_bytes, s.body_timeout)
         # Off the event loop: a 1,000-event batch takes ~10 ms to validate and encode, and in
         # `logmesh up` the query routes share this loop.
-        events, outgoing = await asyncio.to_thread(_validated, body, s.max_batch)
+        events, outgoing = await asyncio.to_thread(_validated, body, s.max_batch, self._msg_ids)
         nc, publisher = self._ready_publisher()
         too_big = [
             {"index": i, "field": None, "message": f"event is {len(m.data)} bytes; NATS takes at most {nc.max_payload}"}
@@ -154,6 +158,20 @@ def create_app(settings: IngestSettings, registry: CollectorRegistry | None = No
     return build_app("logmesh ingest", [Ingest(settings, registry)], registry, auth=auth)
 
 
-def _validated(body: bytes, max_batch: int) -> tuple[list[Event], list[Outgoing]]:
+def _msg_id_key(settings: IngestSettings) -> bytes:
+    if settings.msg_id_key is not None:
+        return settings.msg_id_key.get_secret_value().encode()
+    log.info(
+        "no --msg-id-key given: message ids are keyed with a random key for this process; a repeat sent to "
+        "another ingest, or after a restart, is caught by the sink's primary key instead of JetStream's window"
+    )
+    return secrets.token_bytes(32)
+
+
+def _validated(body: bytes, max_batch: int, msg_ids: MsgIdKey) -> tuple[list[Event], list[Outgoing]]:
     events, texts = parse_events(body, max_batch)  # each event's text exactly as sent, not encoded again
-    return events, [Outgoing(log_subject(e.topic), t, e.msg_id) for e, t in zip(events, texts, strict=True)]
+    # Ids no raw publisher can compute (MsgIdKey says why): a JetStream duplicate is ingest's own.
+    return events, [
+        Outgoing(log_subject(e.topic), t, msg_ids.msg_id(e.topic, e.event_id))
+        for e, t in zip(events, texts, strict=True)
+    ]

@@ -27,13 +27,24 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from logmesh.common.model import EVENT_ID_MAX, SOURCE_MAX, TOPIC_MAX, TOPIC_PATTERN
+from logmesh.common.model import (
+    EVENT_ID_MAX,
+    KEYED_MARK,
+    MAC_CHAR_CLASS,
+    MAC_CHARS,
+    SOURCE_MAX,
+    TOPIC_MAX,
+    TOPIC_PATTERN,
+)
 from logmesh.common.wire import WireMsg
 from logmesh.sink.arrow import CANDIDATE_SCHEMA, rows_table
 from logmesh.sink.decoding import DecodedBatch, decode_with_reference, first_deliveries
 from logmesh.sink.seqranges import SeqRanges
 
-assert "'" not in TOPIC_PATTERN  # formatted into a SQL string literal
+assert "'" not in TOPIC_PATTERN + MAC_CHAR_CLASS + KEYED_MARK  # formatted into SQL string literals
+
+# What comes before the id in the header block a publisher writes ("\r\n\r\n" ends it).
+_BEFORE_ID = len("NATS/1.0\r\nNats-Msg-Id: ")
 
 # incoming(i, subject BLOB, reply BLOB, hdr BLOB, body BLOB) is the batch as an Arrow table. One row
 # out per message, each computed from its own row only, so DuckDB decodes the Arrow record batches in
@@ -119,11 +130,19 @@ SELECT
              -- over 21 digits, which a number DuckDB writes back has only when it came so. Numbers
              -- can only be in the payload here (every other field is a string).
              AND NOT regexp_matches(payload_text, '[:,\[]-?(\d{{22}}|\d+(\.\d+)?[eE][+-]?\d{{3}})'))
-        -- No Nats-Msg-Id header, or exactly the one a publisher writes for this event (headers that
-        -- are not UTF-8 are the reference decoder's to read).
+        -- No Nats-Msg-Id header, or exactly the one a publisher writes for this event: <topic>:<event_id>,
+        -- ingest's <topic>:{KEYED_MARK}<mac> (every HTTP event; its length first, so that other ids skip the
+        -- rest), or the bare event_id when it names no other topic. Headers that are not UTF-8, and every
+        -- id the reference decoder refuses, are the reference decoder's.
         AND (no_headers
              OR hdr = E'NATS/1.0\r\nNats-Msg-Id: ' || topic || ':' || s[2] || E'\r\n\r\n'
-             OR hdr = E'NATS/1.0\r\nNats-Msg-Id: ' || s[2] || E'\r\n\r\n'
+             OR CASE WHEN strlen(hdr) = {_BEFORE_ID + 2 + MAC_CHARS + 4} + strlen(topic)
+                     THEN starts_with(hdr, E'NATS/1.0\r\nNats-Msg-Id: ' || topic || ':{KEYED_MARK}')
+                          AND regexp_full_match(substr(hdr, {_BEFORE_ID + 3} + strlen(topic)),
+                                                '{MAC_CHAR_CLASS}+\r\n\r\n')
+                     ELSE false END
+             OR (hdr = E'NATS/1.0\r\nNats-Msg-Id: ' || s[2] || E'\r\n\r\n'
+                 AND (NOT contains(s[2], ':') OR starts_with(s[2], topic || ':')))
              OR (hdr IS NOT NULL AND NOT contains(hdr, 'Nats-Msg-Id'))),
         false
     ) AS fast
