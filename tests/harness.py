@@ -94,14 +94,14 @@ class Service:
 
 
 class ScopedTokens(httpx.Auth):
-    """The token each request needs: the ingest token for ``POST /publish``, the read token for the
-    rest. A request that brings its own ``Authorization`` keeps it (the tests of refusals)."""
+    """The token each request needs: the ingest token for ``/publish``, the read token for the rest.
+    A request that brings its own ``Authorization`` keeps it (the tests of refusals)."""
 
     def __init__(self, ingest: str | None, read: str | None) -> None:
         self.ingest, self.read = ingest, read
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        token = self.ingest if request.method == "POST" and request.url.path == "/publish" else self.read
+        token = self.ingest if request.url.path == "/publish" else self.read
         if token and "authorization" not in request.headers:
             request.headers["Authorization"] = f"Bearer {token}"
         yield request
@@ -137,6 +137,11 @@ class Up:
         password = self.secret(password_secret("admin"))
         user = f"admin:{password}@" if password else ""
         return f"nats://{user}127.0.0.1:{self.nats_port}"
+
+    @property
+    def nats_address(self) -> str:
+        """The URL without credentials, as the services connect to it (their users by environment)."""
+        return f"nats://127.0.0.1:{self.nats_port}"
 
     def secret(self, name: str) -> str | None:
         return read_secret(self.data_dir, name)

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from logmesh.common.http import ApiError
 from logmesh.common.model import EVENT_ADAPTER, field_errors
+from logmesh.common.secrets_store import INGEST_TOKEN
 from logmesh.common.strict_json import MAX_DEPTH
 from logmesh.ingest.app import create_app
 from logmesh.ingest.body import parse_events
@@ -156,8 +157,10 @@ def test_a_chunked_body_over_the_limit_is_refused_while_streaming(make_up: Any) 
 def test_a_body_that_trickles_in_times_out(make_up: Any) -> None:
     up = make_up({"LOGMESH_BODY_TIMEOUT": "1"})
     with socket.create_connection(("127.0.0.1", up.http_port), timeout=10) as s:
+        token = (up.secret(INGEST_TOKEN) or "").encode()
         s.sendall(
-            b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n["
+            b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n"
+            b"Authorization: Bearer " + token + b"\r\n\r\n["
         )
         started = time.monotonic()
         reply = b""

@@ -108,7 +108,7 @@ def test_a_deleted_consumer_is_recreated_and_nothing_is_lost(nats_io: NatsIo, up
     log = up.service.log()
     assert "consumer sink of stream LOGS is gone (" in log and "consumer sink of stream LOGS recreated" in log
     for service in ("logmesh-sink", "logmesh-ingest", "logmesh-query"):
-        assert f"{service} connected to {up.nats_url} ({nats_io} NATS path)" in log
+        assert f"{service} connected to {up.nats_address} ({nats_io} NATS path)" in log
 
 
 def test_the_sink_is_not_ready_while_its_consumer_cannot_be_recreated(up: Up) -> None:

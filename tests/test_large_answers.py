@@ -18,6 +18,7 @@ import pytest
 
 from logmesh.common.nats_answers import PART_HEADER, ask
 from logmesh.common.query_contract import PAGE_BYTES
+from logmesh.common.secrets_store import QUERY_TOKEN
 from logmesh.sink.store import Store
 from tests.harness import Up, event
 
@@ -139,7 +140,7 @@ def test_stats_with_100000_topics_answer_within_100_ms(make_up: Any, tmp_path: P
 
     def get(path: str) -> tuple[int, bytes, float]:
         started = time.perf_counter()
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {up.secret(QUERY_TOKEN)}"})
         resp = conn.getresponse()
         body = resp.read()
         return resp.status, body, time.perf_counter() - started

@@ -22,6 +22,8 @@ from logmesh.query.app import create_app as query_app
 from logmesh.query.settings import QuerySettings
 from tests.harness import Up, event, nats_publish, wait_for
 
+TAIL = [sys.executable, "-m", "logmesh", "tail"]
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -99,7 +101,8 @@ def logmesh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 
 def test_stats_and_tail_commands(up: Up) -> None:
     tail = subprocess.Popen(
-        [sys.executable, "-m", "logmesh", "tail", "--nats-url", up.nats_url, "--topic", "tailed", "--count", "2"],
+        # As the README says: the admin's password from the data directory of up.
+        [*TAIL, "--nats-url", up.nats_address, "--data-dir", str(up.data_dir), "--topic", "tailed", "--count", "2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -117,9 +120,11 @@ def test_stats_and_tail_commands(up: Up) -> None:
     assert len(lines) == 2 and "tailed t-1 [tests]" in lines[0] and '{"k":1}' in lines[0] and "t-2" in lines[1]
 
     up.settled_stats(arrived=3)
-    table = logmesh("stats", "--url", up.url)
+    table = logmesh("stats", "--url", up.url, "--data-dir", str(up.data_dir))
     assert table.returncode == 0 and "unique_processed" in table.stdout and "tailed" in table.stdout
-    raw: dict[str, Any] = orjson.loads(logmesh("stats", "--url", up.url, "--raw").stdout)
+    raw: dict[str, Any] = orjson.loads(
+        logmesh("stats", "--url", up.url, "--raw", "--data-dir", str(up.data_dir)).stdout
+    )
     assert raw["unique_processed"] == 3
 
 

@@ -143,16 +143,13 @@ class Stack:
         self._listener = listen_socket(s.host, s.http_port, "--http-port")
         if s.no_auth:
             log.warning("NATS authorization is off (--no-auth): any client of NATS can publish, read and delete")
+        if not s.nats_url:
+            self.nats = EmbeddedNats(s.data_dir / "nats", port=s.nats_port, owner=self.command)
+            self.nats.check_port()  # refused before any secret is made
         self.auth = UpAuth.prepare(s, s.data_dir, enabled=not s.no_auth)
         self._auth = self.auth.authenticator(s)  # a token file that cannot be read: exit 2, nothing started
-        if not s.nats_url:
-            self.nats = EmbeddedNats(
-                s.data_dir / "nats",
-                port=s.nats_port,
-                owner=self.command,
-                config=self.auth.server_config(s.stream, SINK_CONSUMER),
-                env=self.auth.server_env(),
-            )
+        if self.nats is not None:
+            self.nats.authorize(self.auth.server_config(s.stream, SINK_CONSUMER), self.auth.server_env())
             await self.nats.start()
             self.nats_url = self.nats.url
             await self._declare_stream()

@@ -46,9 +46,10 @@ class EmbeddedNats:
         self.port = port or free_port(host)
         self.owner = owner
         self.log_path = store_dir / "nats-server.log"
-        self.config_path = store_dir / "nats-server.conf" if config is not None else None
-        self._config = config
-        self._env = dict(env or {})
+        self.config_path: Path | None = None
+        self._config: str | None = None
+        self._env: dict[str, str] = {}
+        self.authorize(config, env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self._lock: DirLock | None = None
 
@@ -75,12 +76,11 @@ class EmbeddedNats:
     def _launch(self) -> None:
         if self._lock is None:  # kept across a kill and a restart
             self._lock = lock_nats_store(self.store_dir, f"nats-server of {self.owner}")
-        if port_in_use(self.host, self.port):
+        try:
+            self.check_port()
+        except PortInUse:
             self._release()
-            raise PortInUse(
-                f"port {self.port} is in use: stop what runs there, pick another with --nats-port, or use "
-                "that server with --nats-url"
-            )
+            raise
         if self.config_path is not None and self._config is not None:
             self.store_dir.mkdir(parents=True, exist_ok=True)
             self.config_path.write_text(self._config)
@@ -91,6 +91,20 @@ class EmbeddedNats:
             pass_fds=[self._lock.fd],
             env={**os.environ, **self._env} if self._env else None,
         )
+
+    def authorize(self, config: str | None, env: Mapping[str, str]) -> None:
+        """The users and permissions (``config``) and their passwords (``env``), before the start."""
+        self.config_path = self.store_dir / "nats-server.conf" if config is not None else None
+        self._config = config
+        self._env = dict(env)
+
+    def check_port(self) -> None:
+        """``PortInUse`` when the port is taken: said before anything is made for the server."""
+        if port_in_use(self.host, self.port):
+            raise PortInUse(
+                f"port {self.port} is in use: stop what runs there, pick another with --nats-port, or use "
+                "that server with --nats-url"
+            )
 
     def _answers(self) -> bool:
         """The server greets a client with INFO; a server that exited ends the wait."""
