@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from nats.aio.client import Client
 from logmesh.common.nats_roles import Role, inbox_prefix, password_secret
 from logmesh.common.processes import children
 from logmesh.common.waiting import WaitTimeout, wait_until_async
-from tests.harness import Up, event, jetstream_info
+from tests.harness import Up, event, jetstream_info, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -237,3 +238,58 @@ def test_no_secret_is_on_a_command_line_or_in_a_config_file(up: Up) -> None:
         assert not [s for s in secrets if s in cmdline], cmdline
     config = (Path(up.data_dir) / "nats" / "nats-server.conf").read_text()
     assert "authorization" in config and not [s for s in secrets if s in config]
+
+
+REPLIES_INTO = ["$JS.API.STREAM.DELETE.LOGS", "$JS.API.STREAM.PURGE.LOGS", "$JS.API.CONSUMER.DELETE.LOGS.sink"]
+REPLIES_INTO += ["logs.forged", "logmesh.receipts"]
+
+
+def test_query_cannot_make_the_sink_answer_into_the_jetstream_api_or_the_stream(up: Up) -> None:
+    """A request's reply subject is the requester's choice: a query asking with the reply subject
+    ``$JS.API.STREAM.DELETE.LOGS`` would have the sink delete the stream if it could answer anywhere.
+    It answers only into the inboxes of query and admin: the server refuses the rest."""
+    assert up.publish([event("orders", "before-replies")]).status_code == 202
+    before = up.settled_stats()
+    stream_before, consumer_before = jetstream_info(up.nats_url)
+
+    async def ask_with_bad_replies(nc: Client) -> None:
+        for reply in REPLIES_INTO:
+            for endpoint in ("stats", "counters", "event"):
+                await nc.publish(f"logmesh.query.{endpoint}", b"x", reply=reply)
+        await nc.flush()
+
+    allowed(up, "query", ask_with_bad_replies)
+    # The sink tried to answer and was refused: its connection says so (the sink logs to up's log).
+    for reply in REPLIES_INTO:
+        said = f'permissions violation for publish to "{reply.lower()}"'
+        wait_for(functools.partial(_in_log, up, said), 10, said)
+    stream, consumer = jetstream_info(up.nats_url)
+    assert consumer.created == consumer_before.created  # not deleted and made again
+    kept = (stream_before.state.first_seq, stream_before.state.messages)
+    assert (stream.state.first_seq, stream.state.messages) == kept
+    after = up.settled_stats()
+    for figure in ("received", "invalid", "duplicates"):
+        assert after[figure] == before[figure], figure
+    assert up.publish([event("orders", "after-replies")]).status_code == 202  # and it still works
+
+
+def _in_log(up: Up, text: str) -> bool:
+    return text in up.service.log().lower()
+
+
+def test_the_data_directory_is_its_owners_alone(up: Up) -> None:
+    data = Path(up.data_dir)
+    assert data.stat().st_mode & 0o777 == 0o700
+    for path in [data / "logmesh.duckdb", *(data / "nats").rglob("*")]:
+        if path.is_file() and path.name != "nats-server.conf":
+            assert path.stat().st_mode & 0o077 == 0, (path, oct(path.stat().st_mode))
+
+
+def test_a_puback_sent_to_the_query_subject_is_not_a_query(up: Up) -> None:
+    """A publisher may give its publish any reply subject: JetStream then sends the PubAck there.
+    Sent to the sink's query subject, it is a message with nowhere to answer, and ignored."""
+    body = orjson.dumps(event("orders", "reflected"))
+    allowed(up, "publisher", lambda nc: nc.publish("logs.orders", body, reply="logmesh.query.stats"))
+    up.settled_stats()
+    assert up.http.get("/events/orders/reflected").status_code == 200
+    assert "no reply subject" not in up.service.log() and "Traceback" not in up.service.log()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from logmesh.common.reference_decoder import Rejected, decode_message
 from logmesh.common.wire import Delivery, delivery_count, parse_headers
 
 # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>
@@ -22,3 +23,12 @@ def test_a_header_block_reads_as_nats_py_reads_it() -> None:
     block = b"NATS/1.0\r\nNats-Msg-Id:  orders:e1 \r\nLogmesh-Source: edge \xc3\xa9\r\nbroken line\r\n\r\n"
     assert parse_headers(block) == {"Nats-Msg-Id": "orders:e1", "Logmesh-Source": "edge é"}
     assert parse_headers(None) is None and parse_headers(b"") is None
+
+
+def test_a_repeated_message_id_is_read_as_jetstream_reads_it() -> None:
+    """JetStream dedups by the first Nats-Msg-Id line: a second one naming the subject's topic must
+    not hide a first naming another topic from the sink's rule."""
+    block = b"NATS/1.0\r\nNats-Msg-Id: pay:invoice-99\r\nNats-Msg-Id: junk:j1\r\nX-Other: a\r\nX-Other: b\r\n\r\n"
+    assert parse_headers(block) == {"Nats-Msg-Id": "pay:invoice-99", "X-Other": "b"}
+    with pytest.raises(Rejected, match="names topic 'pay', not the subject's topic 'junk'"):
+        decode_message("logs.junk", parse_headers(block), b'{"event_id":"j1"}', Delivery(1, 1, 0), 0)

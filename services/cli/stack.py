@@ -26,7 +26,7 @@ from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.nats_roles import Role
 from logmesh.common.natsio import NatsIo
 from logmesh.common.processes import environment, python_command, spawn, stop_process
-from logmesh.common.secrets_store import MSG_ID_KEY
+from logmesh.common.secrets_store import MSG_ID_KEY, without_secrets
 from logmesh.common.settings import (
     CommonSettings,
     DataDir,
@@ -132,7 +132,7 @@ class Stack:
 
     def sink_env(self) -> dict[str, str]:
         # The URL may hold credentials: like the password, it goes by environment, not on the argv.
-        env = {k: v for k, v in environment({}).items() if not k.startswith("LOGMESH_NATS_")}
+        env = {k: v for k, v in without_secrets(environment({})).items() if not k.startswith("LOGMESH_NATS_")}
         return {**env, "LOGMESH_NATS_URL": self.nats_url, **self.credentials("sink").env()}
 
     async def start(self) -> None:

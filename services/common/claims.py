@@ -114,11 +114,24 @@ def lock_data_dir(data_dir: Path, command: str, *, parent_may_hold: bool = False
     (the ``up`` that started this sink) is accepted, and None returned: the parent's claim covers it."""
     lock = DirLock(data_dir / DATA_LOCK, "data dir", data_dir, command)
     try:
-        return lock.acquire()
+        held = lock.acquire()
     except InUse as exc:
         if parent_may_hold and exc.holder is not None and exc.holder.pid == os.getppid():
             return None
         raise
+    keep_private(data_dir)
+    return held
+
+
+def keep_private(directory: Path) -> None:
+    """Events, secrets and stream are this user's: other users of the machine may not even list the
+    data directory, and what the process creates from now on is its owner's alone."""
+    os.umask(0o077)
+    try:
+        if directory.stat().st_uid == os.getuid():
+            directory.chmod(0o700)
+    except OSError as exc:
+        raise Refused(f"cannot make {directory} private: {exc.strerror or exc}") from None
 
 
 def lock_store(data_dir: Path, store: Path, command: str) -> DirLock:

@@ -24,6 +24,7 @@ from logmesh.common.processes import (
     spawn,
     stop_process_sync,
 )
+from logmesh.common.secrets_store import without_secrets
 from logmesh.common.waiting import WaitTimeout, wait_until, wait_until_async
 
 
@@ -89,7 +90,7 @@ class EmbeddedNats:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             pass_fds=[self._lock.fd],
-            env={**os.environ, **self._env} if self._env else None,
+            env={**without_secrets(os.environ), **self._env},
         )
 
     def authorize(self, config: str | None, env: Mapping[str, str]) -> None:

@@ -13,7 +13,10 @@ The roles:
   queries, no other client's inbox (every logmesh user has an inbox prefix of its own).
 - ``ingest``: publishes events and receipts; may read the stream's info and create it.
 - ``sink``: the only consumer of the stream and the only responder to queries (a forged responder
-  in its queue group would answer with forged data); may create its own consumer.
+  in its queue group would answer with forged data); may create its own consumer. It answers only
+  into the inboxes of the users that may ask (query, admin): a request's reply subject is the
+  requester's choice, and with nats-server's ``allow_responses`` a request replying "into"
+  ``$JS.API.STREAM.DELETE.LOGS`` would have the sink delete the stream.
 - ``query``: asks the sink, reads the stream's and the consumer's info. Publishes nothing else.
 - ``admin``: everything; the only one that may update, purge or delete the stream or a consumer.
 
@@ -39,10 +42,8 @@ SERVICE_ROLES: tuple[Role, ...] = ("ingest", "sink", "query")
 # and only it may subscribe there, so nobody reads another role's replies.
 DEFAULT_INBOX = "_INBOX"
 
-# The sink answers a query in several messages when it is large (``nats_answers``): each request
-# lets it send this many, for this long.
-_RESPONSES_PER_REQUEST = 1000
-_RESPONSES_EXPIRE = "2m"
+# Who may ask the sink (queries, ``nats micro``), and so receive its answers.
+ASKING_ROLES: tuple[Role, ...] = ("query", "admin")
 
 
 def inbox_prefix(role: Role) -> str:
@@ -68,7 +69,6 @@ def password_variable(role: Role) -> str:
 class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
-    responses: bool = False
 
 
 def permissions(role: Role, stream: str = "LOGS", consumer: str = "sink") -> Permissions:
@@ -93,9 +93,9 @@ def permissions(role: Role, stream: str = "LOGS", consumer: str = "sink") -> Per
                 f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
                 f"{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
                 f"$JS.ACK.{stream}.{consumer}.>",
+                *(inbox_prefix(asking) + ".>" for asking in ASKING_ROLES),
             ),
             subscribe=(f"{QUERY_SUBJECT_PREFIX}.>", "$SRV.>", inbox),
-            responses=True,
         )
     return Permissions(publish=(f"{QUERY_SUBJECT_PREFIX}.>", stream_info, consumer_info), subscribe=(inbox,))
 
@@ -108,8 +108,6 @@ def server_authorization(stream: str = "LOGS", consumer: str = "sink") -> str:
         p = permissions(role, stream, consumer)
         publish, subscribe = json.dumps(list(p.publish)), json.dumps(list(p.subscribe))
         allowed = f"publish: {{ allow: {publish} }}, subscribe: {{ allow: {subscribe} }}"
-        if p.responses:
-            allowed += f', allow_responses: {{ max: {_RESPONSES_PER_REQUEST}, expires: "{_RESPONSES_EXPIRE}" }}'
         lines.append(f"    {{ user: {role}, password: ${password_variable(role)}, permissions: {{ {allowed} }} }}")
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,9 @@ and publish many messages built beforehand. ``wire_io`` gives a connection's imp
 Nothing here imports ``fastnats``: the plain path keeps working if nats-py's internals change. It
 has nats-py's limits too: about five times the CPU per message, header values that are not UTF-8
 come back with U+FFFD, and a subject that is not UTF-8 stops nats-py's read loop (it logs "nats:
-encountered error") until the connection is made again; the fast path takes both as bytes.
+encountered error") until the connection is made again; the fast path takes both as bytes. A
+repeated header keeps its last value there, while JetStream dedups by the first ``Nats-Msg-Id``:
+the fast path reads that one as JetStream does (``wire.parse_headers``).
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ import os
 import secrets
 import stat
 import string
+from collections.abc import Mapping
 from pathlib import Path
 
-from logmesh.common.nats_roles import ROLES, password_secret
+from logmesh.common.nats_roles import ROLES, password_secret, secret_variable
 
 log = logging.getLogger("logmesh")
 
@@ -29,6 +30,16 @@ ALL_SECRETS = (INGEST_TOKEN, QUERY_TOKEN, MSG_ID_KEY, *(password_secret(role) fo
 # 32 random bytes, URL-safe, after a letter: fits a header, a URL's userinfo and a nats-server
 # configuration variable (which nats-server parses as a value: "-x" or "123" would not be a string).
 _BYTES = 32
+
+
+# Every variable that may hold a secret: a child process gets only the ones meant for it.
+SECRET_VARIABLES = frozenset(
+    {secret_variable(name) for name in ALL_SECRETS} | {"LOGMESH_NATS_PASSWORD", "LOGMESH_QUERY_TOKEN_FILE"}
+)
+
+
+def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name, value in env.items() if name not in SECRET_VARIABLES}
 
 
 def new_secret() -> str:
@@ -72,6 +83,7 @@ def ensure_secrets(data_dir: Path, given: dict[str, str | None]) -> tuple[dict[s
     strong one stored for next time. Returns the values and the names generated now."""
     directory = secrets_dir(data_dir)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)  # also one made earlier, or by hand, with a looser mode
     values: dict[str, str] = {}
     generated: list[str] = []
     for name, value in given.items():

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from logmesh.common.subjects import MSG_ID_HEADER
+
 
 class WireMsg(NamedTuple):
     subject: bytes
@@ -46,12 +48,18 @@ def _ack_tokens(reply: bytes) -> tuple[list[bytes], int]:
 
 
 def parse_headers(block: bytes | None) -> dict[str, str] | None:
-    """``NATS/1.0\r\nName: value\r\n...``, read as nats-py reads it: names and values stripped."""
+    """``NATS/1.0\r\nName: value\r\n...``, read as nats-py reads it (names and values stripped, a
+    repeated name keeps its last value), but for ``Nats-Msg-Id``: JetStream dedups by its first line,
+    and the sink must judge the id the window holds (a second one naming the subject's topic would
+    hide a first one naming another)."""
     if not block:
         return None
     headers: dict[str, str] = {}
     for line in block.split(b"\r\n")[1:]:
         name, sep, value = line.partition(b":")
         if sep:
-            headers[name.strip().decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
+            key = name.strip().decode("ascii", "replace")
+            if key == MSG_ID_HEADER and key in headers:
+                continue
+            headers[key] = value.strip().decode("utf-8", "replace")
     return headers

@@ -120,6 +120,9 @@ def _endpoint(
             await respond(request, nc, result)
 
     async def handle(request: Request) -> None:
+        if not request._msg.reply:  # a message with nowhere to answer (a PubAck sent here, say): not a query
+            log.debug("ignored a message on %s without a reply subject", request.subject)
+            return
         task = asyncio.create_task(run(request))
         pending.add(task)
         task.add_done_callback(pending.discard)
