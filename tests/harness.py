@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from logmesh.bench import truth
 from logmesh.common.embedded import EmbeddedNats
 from logmesh.common.jetstream import ensure_stream
-from logmesh.common.nats_roles import password_secret
+from logmesh.common.nats_roles import inbox_prefix, password_secret
 from logmesh.common.processes import free_port, kill_process, python_command, spawn, stop_process_sync
 from logmesh.common.secrets_store import INGEST_TOKEN, QUERY_TOKEN, read_secret
 from logmesh.common.settings import ServiceSettings
@@ -216,7 +216,8 @@ def over_nats(url: str, work: Callable[[Client], Awaitable[T]]) -> T:
     """Runs ``work`` on a fresh connection to ``url``, from synchronous test code, and closes it."""
 
     async def go() -> T:
-        nc = await nats.connect(url)
+        # The admin's own inbox prefix: the sink answers only into the inboxes of those who may ask.
+        nc = await nats.connect(url, inbox_prefix=inbox_prefix("admin"))
         try:
             return await work(nc)
         finally:

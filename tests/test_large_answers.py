@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from logmesh.common.nats_answers import PART_HEADER, ask
+from logmesh.common.nats_roles import inbox_prefix
 from logmesh.common.query_contract import PAGE_BYTES
 from logmesh.common.secrets_store import QUERY_TOKEN
 from logmesh.sink.store import Store
@@ -51,7 +52,7 @@ def test_stats_and_readiness_with_ten_thousand_long_topics(up: Up) -> None:
     assert up.http.get("/readyz").status_code == 200
 
     async def over_nats() -> tuple[dict[str, str], dict[str, Any]]:
-        nc = await nats.connect(up.nats_url)
+        nc = await nats.connect(up.nats_url, inbox_prefix=inbox_prefix("admin"))
         try:
             first = await nc.request("logmesh.query.stats", b"", timeout=10)  # what `nats req` shows
             whole = await ask(nc, "logmesh.query.stats", b"", timeout=10)
@@ -69,7 +70,7 @@ def test_pages_of_large_events_and_dead_letters(up: Up) -> None:
     assert up.publish([event("big", f"e{i:03d}", payload={"blob": blob}) for i in range(100)]).status_code == 202
 
     async def dead_letters() -> None:
-        nc = await nats.connect(up.nats_url)
+        nc = await nats.connect(up.nats_url, inbox_prefix=inbox_prefix("admin"))
         js = nc.jetstream()
         try:
             for i in range(300):
@@ -100,7 +101,7 @@ def test_an_event_larger_than_a_nats_message_is_read_back_whole(up: Up) -> None:
     line = "\x01" * 600_000
 
     async def send() -> None:
-        nc = await nats.connect(up.nats_url)
+        nc = await nats.connect(up.nats_url, inbox_prefix=inbox_prefix("admin"))
         try:
             await nc.jetstream().publish("logs.huge", line.encode(), headers={"Nats-Msg-Id": "huge:one"})
         finally:
