@@ -24,6 +24,7 @@ import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from playwright.sync_api import sync_playwright
+from pydantic import SecretStr
 from starlette.applications import Starlette
 
 from logmesh.cli.stack import UpSettings, combined_app
@@ -407,10 +408,17 @@ def test_a_service_without_its_token_exits_2_with_one_line(tmp_path: Path) -> No
     nowhere = ["--nats-url", f"nats://127.0.0.1:{free_port()}"]
     done = refusals(
         {
-            "ingest": ["ingest", *nowhere, "--http-port", str(free_port()), "--query-token", "r"],
-            "query": ["query", *nowhere, "--http-port", str(free_port()), "--ingest-token", "i"],
+            "ingest": ["ingest", *nowhere, "--http-port", str(free_port()), "--query-token", "read-token-of-the-tests"],
+            "query": [
+                "query",
+                *nowhere,
+                "--http-port",
+                str(free_port()),
+                "--ingest-token",
+                "ingest-token-of-the-tests",
+            ],
             "file": ["query", *nowhere, "--http-port", "0", "--query-token-file", str(tmp_path / "none")],
-            "space": ["query", *nowhere, "--http-port", "0", "--query-token", "ok,two words"],
+            "space": ["query", *nowhere, "--http-port", "0", "--query-token", "a-long-enough-token,two words"],
         }
     )
     said = {name: run.stderr.splitlines() for name, run in done.items()}
@@ -595,3 +603,14 @@ def test_a_person_signs_in_to_the_dashboard_of_an_authenticated_up(make_up: Call
         finally:
             browser.close()
     assert E2E_READ not in up.service.log() and E2E_INGEST not in up.service.log()
+
+
+def test_a_short_token_is_served_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "logmesh.auth"):
+        assert tokens.listed_tokens(SecretStr("short,a-token-of-twenty-chars"), "--query-token") == [
+            b"short",
+            b"a-token-of-twenty-chars",
+        ]
+    assert [r.getMessage() for r in caplog.records] == [
+        "--query-token: token 1 is 5 characters: fewer than 16 are easy to guess"
+    ]

@@ -49,7 +49,17 @@ def listed_tokens(setting: SecretStr | None, what: str) -> list[bytes]:
         if not _bearer_safe(token):
             # Never the token itself: it would end up in a terminal or a log.
             raise SettingsError(f"{what}: token {number} is not visible ASCII without spaces, as a Bearer header needs")
+        _warn_if_short(token, f"{what}: token {number}")
     return [t.encode("ascii") for t in tokens]
+
+
+# Generated tokens are 44 characters; one much shorter may be guessed, by a person or a dictionary.
+SHORT_TOKEN = 16
+
+
+def _warn_if_short(token: str, which: str) -> None:
+    if len(token) < SHORT_TOKEN:
+        log.warning("%s is %d characters: fewer than %d are easy to guess", which, len(token), SHORT_TOKEN)
 
 
 def first_token(setting: SecretStr | None, file: Path | None, what: str) -> bytes | None:
@@ -79,6 +89,7 @@ def _file_tokens(text: bytes, path: Path) -> list[bytes]:
             continue
         if not _bearer_safe(token):
             raise ValueError(f"{path} line {number}: not a token (visible ASCII without spaces)")
+        _warn_if_short(token, f"{path} line {number}")
         tokens.append(token.encode("ascii"))
     return tokens
 
