@@ -14,6 +14,7 @@ from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.nats_roles import Role, password_secret
 from logmesh.common.secrets_store import INGEST_TOKEN, QUERY_TOKEN, read_secret
 from logmesh.common.settings import DataDirPath, LogmeshSettings, NatsAuth
+from logmesh.common.tokens import first_token
 
 
 class SecretsDir(LogmeshSettings):
@@ -28,19 +29,17 @@ class QueryTokenGiven(SecretsDir):
     query_token: SecretStr | None = Field(None, description="token for reading (several: the first is used)")
 
 
-def _first(given: SecretStr | None) -> str | None:
-    if given is None:
-        return None
-    tokens = [t.strip() for t in given.get_secret_value().split(",") if t.strip()]
-    return tokens[0] if tokens else None
+def _first(given: SecretStr | None, what: str) -> str | None:
+    token = first_token(given, None, what)
+    return token.decode() if token is not None else None
 
 
 def ingest_token(s: IngestTokenGiven) -> str | None:
-    return _first(s.ingest_token) or read_secret(s.data_dir, INGEST_TOKEN)
+    return _first(s.ingest_token, "--ingest-token") or read_secret(s.data_dir, INGEST_TOKEN)
 
 
 def query_token(s: QueryTokenGiven) -> str | None:
-    return _first(s.query_token) or read_secret(s.data_dir, QUERY_TOKEN)
+    return _first(s.query_token, "--query-token") or read_secret(s.data_dir, QUERY_TOKEN)
 
 
 TOKEN_HINT = "give --%s-token (or its LOGMESH_ variable), or --data-dir where logmesh up keeps its secrets"

@@ -11,7 +11,7 @@ import subprocess
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from pydantic import Field
+from pydantic import Field, SecretStr
 from starlette.applications import Starlette
 
 from logmesh.cli.runner import start_server, stop_server
@@ -146,7 +146,7 @@ class Stack:
         if not s.nats_url:
             self.nats = EmbeddedNats(s.data_dir / "nats", port=s.nats_port, owner=self.command)
             self.nats.check_port()  # refused before any secret is made
-        self.auth = UpAuth.prepare(s, s.data_dir, enabled=not s.no_auth)
+        self.auth = UpAuth.prepare(s, s.data_dir, enabled=not s.no_auth, nats=not s.nats_url)
         self._auth = self.auth.authenticator(s)  # a token file that cannot be read: exit 2, nothing started
         if self.nats is not None:
             self.nats.authorize(self.auth.server_config(s.stream, SINK_CONSUMER), self.auth.server_env())
@@ -163,7 +163,8 @@ class Stack:
             "no_auth": s.no_auth,
             **self._common(),
         }
-        ingest = IngestSettings(**http, **self._nats_fields("ingest"), msg_id_key=self.auth.get(MSG_ID_KEY))
+        key = self.auth.get(MSG_ID_KEY)
+        ingest = IngestSettings(**http, **self._nats_fields("ingest"), msg_id_key=SecretStr(key) if key else None)
         query = QuerySettings(**http, **self._nats_fields("query"))
         self._parts, self._sink_metrics, app = _components(ingest, query, s.sink_metrics_host, self._auth)
         self._server, self._serving = await start_server(app, self._listener, s)

@@ -17,9 +17,31 @@ from pydantic import AfterValidator, Field, SecretStr
 
 from logmesh.common.auth import INGEST, READ, Authenticator
 from logmesh.common.nats_credentials import NatsCredentials
-from logmesh.common.nats_roles import ROLES, Role, password_secret, password_variable, server_authorization
-from logmesh.common.secrets_store import ALL_SECRETS, INGEST_TOKEN, QUERY_TOKEN, ensure_secrets, secrets_dir
-from logmesh.common.settings import ENV_ONLY, HttpAuth, LogmeshSettings
+from logmesh.common.nats_roles import (
+    ROLES,
+    Role,
+    password_secret,
+    password_variable,
+    secret_variable,
+    server_authorization,
+)
+from logmesh.common.secrets_store import (
+    ALL_SECRETS,
+    INGEST_TOKEN,
+    MSG_ID_KEY,
+    QUERY_TOKEN,
+    ensure_secrets,
+    secret_path,
+    secrets_dir,
+)
+from logmesh.common.settings import (
+    ENV_ONLY,
+    HttpAuth,
+    LogmeshSettings,
+    MsgIdKeySetting,
+    SettingsError,
+    check_msg_id_key,
+)
 
 log = logging.getLogger("logmesh")
 
@@ -49,11 +71,21 @@ class UpSecrets(LogmeshSettings):
     ingest_nats_password: Annotated[NatsPassword, ENV_ONLY] = Field(None, description="ingest's NATS password")
     sink_nats_password: Annotated[NatsPassword, ENV_ONLY] = Field(None, description="the sink's NATS password")
     query_nats_password: Annotated[NatsPassword, ENV_ONLY] = Field(None, description="query's NATS password")
-    msg_id_key: Annotated[SecretStr | None, ENV_ONLY] = Field(None, description="key of ingest's message ids")
+    msg_id_key: Annotated[MsgIdKeySetting, ENV_ONLY] = Field(None, description="key of ingest's message ids")
 
 
 def _field(secret: str) -> str:
     return secret.replace("-", "_")
+
+
+def _check_stored(data_dir: Path, secret: str, value: str, passwords: set[str]) -> None:
+    try:
+        if secret in passwords:
+            _nats_password(SecretStr(value))
+        elif secret == MSG_ID_KEY:
+            check_msg_id_key(SecretStr(value))
+    except ValueError as exc:
+        raise SettingsError(f"{secret_path(data_dir, secret)} (or {secret_variable(secret)}): {exc}") from None
 
 
 class UpAuth:
@@ -64,20 +96,27 @@ class UpAuth:
         self.where = where
 
     @classmethod
-    def prepare(cls, settings: LogmeshSettings, data_dir: Path, *, enabled: bool) -> UpAuth:
+    def prepare(cls, settings: LogmeshSettings, data_dir: Path, *, enabled: bool, nats: bool = True) -> UpAuth:
         """Every secret, given or stored or generated now (said once, with where they are kept). A
-        scope whose tokens come from a file (``--ingest-token-file``) gets none generated."""
+        scope whose tokens come from a file (``--ingest-token-file``) gets none generated; with a
+        NATS server of the operator's (``nats`` False) no NATS password is made: it has its own.
+        A stored value edited by hand is checked as a given one is (``SettingsError``)."""
         if not enabled:
             return cls(None)
         from_files = {
             INGEST_TOKEN: getattr(settings, "ingest_token_file", None),
             QUERY_TOKEN: getattr(settings, "query_token_file", None),
         }
+        passwords = {password_secret(role) for role in ROLES}
         given: dict[str, str | None] = {}
-        for secret in (s for s in ALL_SECRETS if from_files.get(s) is None):
+        for secret in ALL_SECRETS:
+            if from_files.get(secret) is not None or (secret in passwords and not nats):
+                continue
             value = getattr(settings, _field(secret), None)
             given[secret] = value.get_secret_value() if isinstance(value, SecretStr) else value
         values, generated = ensure_secrets(data_dir, given)
+        for secret, value in values.items():
+            _check_stored(data_dir, secret, value, passwords)
         where = secrets_dir(data_dir).resolve()
         if generated:
             print(f"logmesh: generated {', '.join(generated)} in {where} (mode 0600, kept for next time)", flush=True)

@@ -85,13 +85,17 @@ class EmbeddedNats:
         if self.config_path is not None and self._config is not None:
             self.store_dir.mkdir(parents=True, exist_ok=True)
             self.config_path.write_text(self._config)
-        self.process = spawn(
-            self.command(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            pass_fds=[self._lock.fd],
-            env={**without_secrets(os.environ), **self._env},
-        )
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        # What the server says before its log is open (a configuration it cannot read) goes to the
+        # log too, so that a refused start names its reason (``_log_tail``).
+        with self.log_path.open("ab") as early:
+            self.process = spawn(
+                self.command(),
+                stdout=subprocess.DEVNULL,
+                stderr=early,
+                pass_fds=[self._lock.fd],
+                env={**without_secrets(os.environ), **self._env},
+            )
 
     def authorize(self, config: str | None, env: Mapping[str, str]) -> None:
         """The users and permissions (``config``) and their passwords (``env``), before the start."""

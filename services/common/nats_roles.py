@@ -93,6 +93,7 @@ def permissions(role: Role, stream: str = "LOGS", consumer: str = "sink") -> Per
                 f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
                 f"{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
                 f"$JS.ACK.{stream}.{consumer}.>",
+                f"$JS.ACK.*.*.{stream}.{consumer}.>",  # the form with a JetStream domain and account hash
                 *(inbox_prefix(asking) + ".>" for asking in ASKING_ROLES),
             ),
             subscribe=(f"{QUERY_SUBJECT_PREFIX}.>", "$SRV.>", inbox),

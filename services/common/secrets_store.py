@@ -33,9 +33,7 @@ _BYTES = 32
 
 
 # Every variable that may hold a secret: a child process gets only the ones meant for it.
-SECRET_VARIABLES = frozenset(
-    {secret_variable(name) for name in ALL_SECRETS} | {"LOGMESH_NATS_PASSWORD", "LOGMESH_QUERY_TOKEN_FILE"}
-)
+SECRET_VARIABLES = frozenset({secret_variable(name) for name in ALL_SECRETS} | {"LOGMESH_NATS_PASSWORD"})
 
 
 def without_secrets(env: Mapping[str, str]) -> dict[str, str]:

@@ -66,6 +66,18 @@ def _jetstream_name(value: str) -> str:
 
 
 JetStreamName = Annotated[str, AfterValidator(_jetstream_name)]
+
+MSG_ID_KEY_MIN = 32
+
+
+def check_msg_id_key(value: SecretStr | None) -> SecretStr | None:
+    """Ingest's message-id key: long enough that nobody guesses it (it never appears in a message)."""
+    if value is not None and len(value.get_secret_value()) < MSG_ID_KEY_MIN:
+        raise ValueError(f"must be at least {MSG_ID_KEY_MIN} characters")
+    return value
+
+
+MsgIdKeySetting = Annotated[SecretStr | None, AfterValidator(check_msg_id_key)]
 DataDirPath = Annotated[
     Path, Field(description="data directory: the DuckDB store (and, under logmesh up, the JetStream store in nats/)")
 ]

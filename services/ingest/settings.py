@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field
 
-from logmesh.common.settings import HttpSettings
-
-MSG_ID_KEY_MIN = 32
+from logmesh.common.settings import MSG_ID_KEY_MIN, HttpSettings, MsgIdKeySetting
 
 
 class IngestSettings(HttpSettings):
@@ -12,16 +10,9 @@ class IngestSettings(HttpSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body accepted")
     body_timeout: float = Field(30.0, gt=0, description="seconds allowed to receive a request body")
     publish_timeout: float = Field(10.0, gt=0, description="seconds to wait for JetStream to ack a batch")
-    msg_id_key: SecretStr | None = Field(
+    msg_id_key: MsgIdKeySetting = Field(
         None,
         description=f"secret (at least {MSG_ID_KEY_MIN} characters) keying the message ids ingest gives events; "
         "give every ingest the same one so that JetStream's window catches a repeat sent to another, or after a "
         "restart (none: a random key per start)",
     )
-
-    @field_validator("msg_id_key")
-    @classmethod
-    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < MSG_ID_KEY_MIN:
-            raise ValueError(f"must be at least {MSG_ID_KEY_MIN} characters")
-        return value
