@@ -293,3 +293,17 @@ def test_a_puback_sent_to_the_query_subject_is_not_a_query(up: Up) -> None:
     up.settled_stats()
     assert up.http.get("/events/orders/reflected").status_code == 200
     assert "no reply subject" not in up.service.log() and "Traceback" not in up.service.log()
+
+
+def test_a_puback_stored_on_the_receipt_subject_is_a_dead_letter_not_a_count(up: Up) -> None:
+    """The publisher may not publish receipts, but its reply subject can have JetStream store its
+    PubAck on ``logmesh.receipts``: that is never a valid receipt, so it moves no counter."""
+    before = up.settled_stats()
+    body = orjson.dumps(event("orders", "reply-to-receipts"))
+    allowed(up, "publisher", lambda nc: nc.publish("logs.orders", body, reply="logmesh.receipts"))
+    after = wait_for(
+        lambda: (s := up.settled_stats())["invalid"] == before["invalid"] + 1 and s, 20, "the reflected PubAck"
+    )
+    assert after["duplicates"] == before["duplicates"]
+    letters = up.http.get("/dead-letters").json()["dead_letters"]
+    assert letters[0]["subject"] == "logmesh.receipts"
