@@ -93,6 +93,29 @@ class Service:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
 
+def run_together(
+    runs: Mapping[str, list[str]], env: Mapping[str, str] | None = None, timeout: float = 40
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """``logmesh <args>`` for each entry, as real processes started together (a refusal each is a
+    whole interpreter start: in turn they would add up), with what each printed."""
+    procs = {
+        name: subprocess.Popen(
+            python_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for name, args in runs.items()
+    }
+    done = {}
+    try:
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=timeout)
+            done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+    return done
+
+
 class ScopedTokens(httpx.Auth):
     """The token each request needs: the ingest token for ``/publish``, the read token for the rest.
     A request that brings its own ``Authorization`` keeps it (the tests of refusals)."""

@@ -20,6 +20,7 @@ from logmesh.cli.main import build_parser, main, subcommands
 from logmesh.common.processes import python_command
 from logmesh.common.settings import SettingsError, settings_from_args
 from logmesh.sink.settings import SinkSettings
+from tests.harness import run_together
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,20 +98,13 @@ def test_every_command_is_covered() -> None:
 @pytest.fixture(scope="module")
 def bad_flag_runs() -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
     """``logmesh <command> <flag> <bad value>`` for every command, as real processes, run together."""
-    procs = {}
-    for command, (flag, value, _) in BAD_FLAGS.items():
-        argv = python_command(command, *NEEDS.get(command, []), f"{flag}={value}")
-        procs[command] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    done = {}
-    try:
-        for command, proc in procs.items():
-            out, err = proc.communicate(timeout=30)
-            done[command] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    finally:
-        for proc in procs.values():
-            proc.kill()
-            proc.wait()
-    yield done
+    yield run_together(
+        {
+            command: [command, *NEEDS.get(command, []), f"{flag}={value}"]
+            for command, (flag, value, _) in BAD_FLAGS.items()
+        },
+        timeout=30,
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)

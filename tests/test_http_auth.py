@@ -31,7 +31,7 @@ from logmesh.cli.stack import UpSettings, combined_app
 from logmesh.cli.up_secrets import UpAuth
 from logmesh.common import tokens
 from logmesh.common.auth import INGEST, READ, Authenticator
-from logmesh.common.processes import free_port, python_command
+from logmesh.common.processes import free_port
 from logmesh.common.settings import SettingsError, settings_from_args
 from logmesh.common.tokens import TokenSet, digest
 from logmesh.common.waiting import wait_until_async
@@ -39,7 +39,7 @@ from logmesh.ingest.app import create_app as ingest_app
 from logmesh.ingest.settings import IngestSettings
 from logmesh.query.app import create_app as query_app
 from logmesh.query.settings import QuerySettings
-from tests.harness import Service, Up, event, wait_for
+from tests.harness import Service, Up, event, run_together, wait_for
 from tests.test_dashboard import CHROMIUM_FLAGS, RECORD_VIOLATIONS, chromium
 
 pytestmark = pytest.mark.timeout(60)
@@ -384,24 +384,9 @@ def test_up_serves_the_tokens_given_else_those_it_keeps(tmp_path: Path) -> None:
 
 
 def refusals(runs: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess[str]]:
-    """``logmesh <args>`` for each entry, as real processes run together."""
+    """``logmesh <args>`` for each entry, run together, with no token in their environment."""
     clean = {k: v for k, v in os.environ.items() if "TOKEN" not in k and k != "LOGMESH_NO_AUTH"}
-    procs = {
-        name: subprocess.Popen(
-            python_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean
-        )
-        for name, args in runs.items()
-    }
-    done = {}
-    try:
-        for name, proc in procs.items():
-            out, err = proc.communicate(timeout=40)
-            done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    finally:
-        for proc in procs.values():
-            proc.kill()
-            proc.wait()
-    return done
+    return run_together(runs, clean)
 
 
 def test_a_service_without_its_token_exits_2_with_one_line(tmp_path: Path) -> None:

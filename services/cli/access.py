@@ -6,6 +6,7 @@ environment variable first, else the secrets ``logmesh up`` keeps under ``--data
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -57,11 +58,4 @@ def nats_credentials(s: NatsAuth, data_dir: Path, role: Role) -> NatsCredentials
     password = read_secret(data_dir, password_secret(role))
     if password is None:
         return given  # none given, none stored: a server without authorization (or the URL has them)
-    return NatsCredentials(
-        user=role,
-        password=password,
-        tls_ca=given.tls_ca,
-        tls_cert=given.tls_cert,
-        tls_key=given.tls_key,
-        inbox=given.inbox,
-    )
+    return dataclasses.replace(given, user=role, password=password)

@@ -164,8 +164,10 @@ class Stack:
             **self._common(),
         }
         key = self.auth.get(MSG_ID_KEY)
-        ingest = IngestSettings(**http, **self._nats_fields("ingest"), msg_id_key=SecretStr(key) if key else None)
-        query = QuerySettings(**http, **self._nats_fields("query"))
+        ingest = IngestSettings(
+            **http, **self.credentials("ingest").settings_fields(), msg_id_key=SecretStr(key) if key else None
+        )
+        query = QuerySettings(**http, **self.credentials("query").settings_fields())
         self._parts, self._sink_metrics, app = _components(ingest, query, s.sink_metrics_host, self._auth)
         self._server, self._serving = await start_server(app, self._listener, s)
         self.http_url = f"{s.http_scheme}://{s.host}:{bound_port(self._server)}"
@@ -190,17 +192,6 @@ class Stack:
             pinned.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the certificate itself is trusted
             options["verify"] = pinned
         return options
-
-    def _nats_fields(self, role: Role) -> dict[str, Any]:
-        c = self.credentials(role)
-        return {
-            "nats_user": c.user,
-            "nats_password": c.password,
-            "nats_creds": c.creds,
-            "nats_tls_ca": c.tls_ca,
-            "nats_tls_cert": c.tls_cert,
-            "nats_tls_key": c.tls_key,
-        }
 
     async def _declare_stream(self) -> None:
         """As the admin user, the only one that may change the stream: creates it, or applies a

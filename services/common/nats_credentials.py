@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from logmesh.common.nats_roles import DEFAULT_INBOX, Role, inbox_prefix
-from logmesh.common.settings import NatsAuth
+from logmesh.common.settings import ENV_PREFIX, NatsAuth
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,17 @@ class NatsCredentials:
             return f"credentials file {self.creds}"
         return f"user {self.user}" if self.user else "no user"
 
+    def settings_fields(self) -> dict[str, Any]:
+        """The settings that say the same (``NatsAuth``'s fields): the inverse of ``from_settings``."""
+        return {
+            "nats_user": self.user,
+            "nats_password": self.password,
+            "nats_creds": self.creds,
+            "nats_tls_ca": self.tls_ca,
+            "nats_tls_cert": self.tls_cert,
+            "nats_tls_key": self.tls_key,
+        }
+
     def env(self) -> dict[str, str]:
         """The same, as a child service's environment: secrets never go on a command line."""
-        named = {
-            "LOGMESH_NATS_USER": self.user,
-            "LOGMESH_NATS_PASSWORD": self.password,
-            "LOGMESH_NATS_CREDS": self.creds,
-            "LOGMESH_NATS_TLS_CA": self.tls_ca,
-            "LOGMESH_NATS_TLS_CERT": self.tls_cert,
-            "LOGMESH_NATS_TLS_KEY": self.tls_key,
-        }
-        return {name: str(value) for name, value in named.items() if value}
+        return {ENV_PREFIX + name.upper(): str(value) for name, value in self.settings_fields().items() if value}
