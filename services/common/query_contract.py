@@ -41,6 +41,7 @@ class EventsQuery(BaseModel):
     after: int = Field(0, ge=0, le=MAX_CURSOR, description="0: from the start in either order")
     limit: int = Field(DEFAULT_PAGE, ge=1, le=MAX_PAGE)
     newest_first: bool = False
+    parts: bool = Field(False, description="answer as a partition's part of a merged page (parts())")
 
 
 class EventQuery(BaseModel):
@@ -54,6 +55,7 @@ class DeadLettersQuery(BaseModel):
     after: int = Field(0, ge=0, le=MAX_CURSOR)
     limit: int = Field(DEFAULT_PAGE, ge=1, le=MAX_PAGE)
     newest_first: bool = True
+    parts: bool = Field(False, description="answer as a partition's part of a merged page (parts())")
 
 
 class NoQuery(BaseModel):
@@ -225,6 +227,37 @@ def page(key: Literal["events", "dead_letters"], items: Sequence[bytes], next_cu
     """A finished page: items already in JSON, next_cursor a string (or null on the last page)."""
     cursor = b"null" if next_cursor is None else b'"%d"' % next_cursor
     return b'{"%s":[%s],"count":%d,"next_cursor":%s}' % (key.encode(), b",".join(items), len(items), cursor)
+
+
+# ---- a partition's part of a merged page ---------------------------------------------------------
+# With P > 1 the query service asks every partition for a page (``parts=True``) and merges them by
+# stream sequence. A part is ``1\n`` (more items follow in this partition) or ``0\n``, then per item
+# ``<id> <seq> <length>\n`` and the item's JSON: the query service cuts it without parsing payloads.
+
+
+def parts(items: Sequence[tuple[int, int, bytes]], more: bool) -> bytes:
+    out = [b"1\n" if more else b"0\n"]
+    for id_, seq, item in items:
+        out.append(b"%d %d %d\n" % (id_, seq, len(item)))
+        out.append(item)
+    return b"".join(out)
+
+
+def read_parts(data: bytes) -> tuple[list[tuple[int, int, bytes]], bool]:
+    """What :func:`parts` wrote; ValueError when ``data`` is not that."""
+    view = memoryview(data)
+    end = data.index(b"\n")
+    more = data[:end] == b"1"
+    items: list[tuple[int, int, bytes]] = []
+    at = end + 1
+    while at < len(data):
+        end = data.index(b"\n", at)
+        id_, seq, length = (int(x) for x in data[at:end].split(b" "))
+        at = end + 1 + length
+        if at > len(data):
+            raise ValueError("a part ends inside an item")
+        items.append((id_, seq, bytes(view[end + 1 : at])))
+    return items, more
 
 
 class StoredEvent(BaseModel):
