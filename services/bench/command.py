@@ -27,13 +27,18 @@ from logmesh.cli.runner import run
 from logmesh.common.logs import setup_logging
 from logmesh.common.settings import ENV_PREFIX, LogmeshSettings, add_command, settings_from_args
 
-PARTS = ("ceiling", "native", "http-seed", "http", "scaling", "growth", "latency", "auth")
+PARTS = ("ceiling", "native", "http-seed", "http", "scaling", "growth", "latency", "auth", "cluster")
+# The cluster part starts 3-node clusters two dozen times: asked for by name only.
+DEFAULT_PARTS = tuple(p for p in PARTS if p != "cluster")
 
 
 class BenchSettings(LogmeshSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX + "BENCH_")
 
-    parts: str = Field(",".join(PARTS), description=f"comma-separated parts to run: {', '.join(PARTS)}")
+    parts: str = Field(
+        ",".join(DEFAULT_PARTS),
+        description=f"comma-separated parts to run: {', '.join(PARTS)} (all but cluster by default)",
+    )
     runs: int = Field(3, ge=1, description="runs of each part; medians are reported")
     events: int = Field(200_000, ge=1000, description="events in the native and large HTTP runs")
     dup: float = Field(0.35, ge=0, lt=1, description="fraction of duplicate events")
@@ -123,6 +128,10 @@ async def _bench(s: BenchSettings, parts: list[str]) -> dict[str, Any]:
         out["stats_under_load"] = {k: _median(runs, k) for k in ("p50_ms", "p99_ms")} | {"runs": runs}
     if "auth" in parts:
         out["auth"] = await _auth_cost(s)
+    if "cluster" in parts:
+        from logmesh.bench.cluster import cluster_part
+
+        out["cluster"] = await cluster_part(s.runs, n, dup, topics)
     return out
 
 
@@ -196,6 +205,19 @@ def _report(out: dict[str, Any]) -> None:
             f"  {name + ' with auth':<22} {cost['with_auth']:>10,.0f} events/s  ({cost['without_auth']:,.0f} "
             f"without: ratio {cost['ratio']})"
         )
+    if "cluster" in out:
+        _report_cluster(out["cluster"])
+
+
+def _report_cluster(cluster: dict[str, Any]) -> None:
+    for label, layout in cluster["layouts"].items():
+        cpu = ", ".join(f"{kind} {sec}" for kind, sec in layout["cpu_seconds_per_100k_events"].items())
+        print(
+            f"  {label:<22} {layout['events_per_second']:>10,.0f} events/s  (ratio {layout['ratio_to_one_node']};"
+            f" CPU s per 100k events: {cpu})"
+        )
+    for name, outage in cluster["leader_outage"].items():
+        print(f"  {'leader ' + name:<22} longest publish gap {outage['longest_gap_seconds']} s")
 
 
 def bench_command(args: argparse.Namespace) -> int:

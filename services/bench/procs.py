@@ -20,7 +20,15 @@ class UpProcess:
     """``logmesh up`` on a fresh temporary directory and free ports, as its own process tree."""
 
     def __init__(
-        self, name: str, data_dir: Path | None = None, env: dict[str, str] | None = None, *, auth: bool = True
+        self,
+        name: str,
+        data_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+        *,
+        auth: bool = True,
+        nats_nodes: int = 1,
+        partitions: int = 1,
+        sinks: int = 1,
     ) -> None:
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"logmesh-bench-{name}-"))
         self._own_dir = data_dir is None
@@ -29,12 +37,14 @@ class UpProcess:
         self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
         self._env = env or {}
         self.auth = auth
+        self.layout = ["--nats-nodes", str(nats_nodes), "--partitions", str(partitions), "--sinks", str(sinks)]
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def __aenter__(self) -> UpProcess:
         args = ["up", "--data-dir", str(self.data_dir), "--http-port", str(self.http_port)]
         args += ["--nats-port", str(self.nats_port), "--log-level", "warning"]
         args += [] if self.auth else ["--no-auth"]
+        args += self.layout if self.layout != ["--nats-nodes", "1", "--partitions", "1", "--sinks", "1"] else []
         self.proc = spawn(python_command(*args), env=environment(self._env), stdout=subprocess.DEVNULL)
         await wait_ready(self.http_url, 60)
         return self
