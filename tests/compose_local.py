@@ -8,6 +8,7 @@ code fails the test that runs it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats.aio.client
+import nats.errors
 import yaml
 
 from logmesh.cli.access import bearer
@@ -225,13 +228,33 @@ class LocalCompose:
         proc = self.procs.pop("publisher")
         assert proc.wait(120) == 0, self.log_tail("publisher")
 
+    def stop(self, name: str) -> None:
+        """Stops one service as ``docker compose stop`` does: SIGTERM, then SIGKILL after 30 s."""
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
     def down(self) -> None:
         for name in reversed([n for n in start_order(self.services) if n in self.procs]):
-            proc = self.procs.pop(name)
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            self.stop(name)
+
+
+def anonymous_nats(url: str) -> str:
+    """What a NATS connection without credentials gets: the server's refusal, or "connected"."""
+
+    async def attempt() -> str:
+        nc = nats.aio.client.Client()
+        try:
+            await nc.connect(url, allow_reconnect=False, max_reconnect_attempts=0)
+        except nats.errors.Error as exc:
+            return str(exc)
+        finally:
+            await nc.close()
+        return "connected"
+
+    return asyncio.run(attempt())

@@ -6,7 +6,6 @@ from the code fails here."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import subprocess
@@ -17,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
-import nats.aio.client
 import pytest
 from packaging.requirements import Requirement
 
@@ -34,6 +31,7 @@ from tests.compose_local import (
     DEPLOY,
     ROOT,
     LocalCompose,
+    anonymous_nats,
     check_dependencies,
     check_image_built_once,
     load_compose,
@@ -215,7 +213,7 @@ def test_the_compose_services_run_as_written_and_dedup_across_down_and_up(local:
     assert httpx.post(f"{ingest}/publish", json=[]).status_code == 401
     # ingest knows no read token: the query token is no token there
     assert httpx.post(f"{ingest}/publish", json=[], headers=local.headers()).status_code == 401
-    assert "Authorization Violation" in _anonymous_nats(f"nats://{local.address('nats', 4222)}")
+    assert "Authorization Violation" in anonymous_nats(f"nats://{local.address('nats', 4222)}")
 
     # docker compose down && docker compose up: same volumes, every event and counter kept ...
     local.down()
@@ -230,17 +228,3 @@ def test_the_compose_services_run_as_written_and_dedup_across_down_and_up(local:
     assert second["unique_processed"] == SEED_UNIQUE and second["invariant_holds"]
     assert second["duplicate_dropped"] == first["duplicate_dropped"] + SEED_EVENTS
     assert [(t["topic"], t["count"]) for t in second["topics"]] == [(t["topic"], t["count"]) for t in first["topics"]]
-
-
-def _anonymous_nats(url: str) -> str:
-    async def attempt() -> str:
-        nc = nats.aio.client.Client()
-        try:
-            await nc.connect(url, allow_reconnect=False, max_reconnect_attempts=0)
-        except nats.errors.Error as exc:
-            return str(exc)
-        finally:
-            await nc.close()
-        return "connected"
-
-    return asyncio.run(attempt())
