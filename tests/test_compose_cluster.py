@@ -1,0 +1,321 @@
+"""deploy/compose.cluster.yaml, proved as tests/test_compose.py proves compose.yaml: its structure
+against the rules that matter, the nats cluster configuration with three real nats-servers (routes
+formed with the route password, refused without it), and every service run as a local process with
+its exact command and environment: 3 nats nodes, 2 partitioned sinks, ingest, query, the publisher."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import pytest
+
+from logmesh.common.nats_roles import ROLES, password_variable, secret_variable
+from logmesh.common.partitions import parse_partition_list, partition_of, store_file
+from logmesh.common.secrets_store import ALL_SECRETS, new_secret
+from tests.compose_local import (
+    DEPLOY,
+    LocalCompose,
+    anonymous_nats,
+    check_dependencies,
+    check_image_built_once,
+    is_nats,
+    load_compose,
+    secrets_used,
+    start_order,
+)
+from tests.harness import wait_for
+
+NODES = ("nats-1", "nats-2", "nats-3")
+SINKS = ("sink-0", "sink-1")
+IMAGE_BUILDER = "sink-0"
+PARTITIONS, REPLICAS = 4, 3
+ROUTE_PASSWORD = secret_variable("route-password")
+ROUTE_URLS = {f"LOGMESH_ROUTE_URL_{i}": node for i, node in enumerate(NODES, 1)}
+NATS_CONFIG = "nats-cluster.conf"
+NATS_CONFIG_TARGET = "/etc/nats/logmesh.conf"
+SEED_EVENTS, SEED_UNIQUE = 20_000, 13_000
+PRIMARIES = {0: "sink-0", 1: "sink-1", 2: "sink-0", 3: "sink-1"}
+OWNERS_SORTED = sorted((sink, k) for k, sink in PRIMARIES.items())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose("compose.cluster.yaml")
+
+
+def test_each_service_gets_only_its_own_secrets(compose: dict[str, Any]) -> None:
+    """Each node needs every role's password (its users) and the route password; a service sees only
+    its own password and token, as in compose.yaml."""
+    node_secrets = {password_variable(role) for role in ROLES} | {ROUTE_PASSWORD}
+    expected = {
+        **{node: node_secrets for node in NODES},
+        **{sink: {"LOGMESH_SINK_NATS_PASSWORD"} for sink in SINKS},
+        "ingest": {"LOGMESH_INGEST_NATS_PASSWORD", "LOGMESH_INGEST_TOKEN", "LOGMESH_MSG_ID_KEY"},
+        "query": {"LOGMESH_QUERY_NATS_PASSWORD", "LOGMESH_QUERY_TOKEN"},
+        "publisher": {"LOGMESH_INGEST_TOKEN"},
+    }
+    # The route password is the one secret compose.yaml has no use for; `logmesh secrets` writes it
+    # beside the others (the run below reads it from the env file that command wrote).
+    generated = {secret_variable(name) for name in ALL_SECRETS} | {ROUTE_PASSWORD}
+    for name, service in compose["services"].items():
+        used = secrets_used(service)  # each ${NAME:?...}: refuses to start without the env file
+        assert used == expected[name], name
+        assert used <= generated, name
+    users = {name: s["environment"].get("LOGMESH_NATS_USER") for name, s in compose["services"].items()}
+    assert users == {
+        **dict.fromkeys(NODES),
+        **dict.fromkeys(SINKS, "sink"),
+        "ingest": "ingest",
+        "query": "query",
+        "publisher": None,
+    }
+
+
+def test_the_compose_file_follows_the_rules(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {*NODES, *SINKS, "ingest", "query", "publisher"}
+    for name in (*NODES, *SINKS, "ingest", "query"):
+        assert services[name]["healthcheck"]["test"][0] == "CMD", name
+        assert services[name]["restart"] in ("unless-stopped", "always"), name
+    assert services["publisher"]["restart"] == "no"
+    check_dependencies(services, IMAGE_BUILDER)
+    assert start_order(services)[-1] == "publisher"
+    for name in (*SINKS, "ingest", "query"):
+        assert set(NODES) <= set(services[name]["depends_on"]), f"{name} starts once the cluster is healthy"
+    # Each node and each sink has a volume of its own; nothing else keeps state.
+    owners: dict[str, list[str]] = {}
+    for name, service in services.items():
+        for spec in service.get("volumes", []):
+            if not spec.startswith("./"):
+                owners.setdefault(spec.split(":")[0], []).append(name)
+    assert owners == {f"{name}-data": [name] for name in (*NODES, *SINKS)}
+    assert set(compose["volumes"]) == set(owners)
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert published == {"ingest": ["8081:8081"], "query": ["8082:8082"]}, "only the HTTP ports reach the host"
+
+
+def test_three_nats_nodes_with_routes_between_them(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert [name for name, s in services.items() if is_nats(s)] == list(NODES)
+    for node in NODES:
+        service = services[node]
+        command = service["command"]
+        assert "--jetstream" in command
+        assert command[command.index("--server_name") + 1] == node, "JetStream in a cluster needs a stable name"
+        assert command[command.index("--config") + 1] == NATS_CONFIG_TARGET
+        assert command[command.index("--store_dir") + 1] == "/data"
+        assert "--cluster" not in command and "--cluster_listen" not in command, (
+            "a cluster URL on the command line replaces the config's route authorization"
+        )
+        assert service["volumes"] == [f"{node}-data:/data", f"./{NATS_CONFIG}:{NATS_CONFIG_TARGET}:ro"]
+        # One route URL per node, each with the route user and the password from the env file.
+        env = service["environment"]
+        for variable, target in ROUTE_URLS.items():
+            assert re.fullmatch(rf"nats-route://route:\$\{{{ROUTE_PASSWORD}:\?[^}}]+\}}@{target}:6222", env[variable])
+    config = (DEPLOY / NATS_CONFIG).read_text()
+    assert re.search(rf"authorization \{{ user: route, password: \${ROUTE_PASSWORD} \}}", config)
+    routes = re.search(r"routes: \[([^]]*)\]", config)
+    assert routes and [r.strip() for r in routes[1].split(",")] == [f"${v}" for v in ROUTE_URLS]
+    assert "listen: 0.0.0.0:6222" in config
+
+
+def test_every_node_has_the_users_and_permissions_of_the_single_node_config() -> None:
+    """The same users and permissions on every node: the cluster config's authorization block is
+    deploy/nats-server.conf's (``logmesh nats-config``'s output), and no password is written in it."""
+    single = (DEPLOY / "nats-server.conf").read_text()
+    cluster = (DEPLOY / NATS_CONFIG).read_text()
+    assert cluster.count("\nauthorization {") == 1
+    assert cluster[cluster.index("\nauthorization {") :] == single[single.index("\nauthorization {") :]
+    assert re.findall(r"password: (\S+?)[, }]", cluster) == [f"${ROUTE_PASSWORD}"] + [
+        f"${password_variable(role)}" for role in ROLES
+    ]
+
+
+def test_the_services_reach_every_node_and_create_the_stream_partitioned_and_replicated(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    every_node = ",".join(f"nats://{node}:4222" for node in NODES)
+    for name in (*SINKS, "ingest", "query"):
+        assert services[name]["environment"]["LOGMESH_NATS_URL"] == every_node, name
+    # Whoever starts first creates the stream: each with the same shape. Query never creates it.
+    for name in (*SINKS, "ingest"):
+        env = services[name]["environment"]
+        assert (env["LOGMESH_STREAM_PARTITIONS"], env["LOGMESH_REPLICAS"]) == (str(PARTITIONS), str(REPLICAS)), name
+    assert "LOGMESH_STREAM_PARTITIONS" not in services["query"]["environment"]
+
+
+def test_each_partition_has_one_primary_sink_and_the_other_stands_by(compose: dict[str, Any]) -> None:
+    primaries: dict[int, str] = {}
+    for sink in SINKS:
+        command = compose["services"][sink]["command"]
+        assert command[:2] == ["logmesh", "sink"]
+        assert command[command.index("--sink-name") + 1] == sink
+        own = parse_partition_list(command[command.index("--partitions") + 1])
+        standby = parse_partition_list(command[command.index("--standby") + 1])
+        assert own is not None and standby is not None, sink
+        assert set(own) | set(standby) == set(range(PARTITIONS)) and not set(own) & set(standby), sink
+        for k in own:
+            assert k not in primaries, f"partition {k}: primary of {primaries.get(k)} and {sink}"
+            primaries[k] = sink
+    assert primaries == PRIMARIES
+
+
+def test_the_image_is_built_once_and_never_pulled(compose: dict[str, Any]) -> None:
+    check_image_built_once(compose["services"], IMAGE_BUILDER)
+
+
+def test_the_nodes_run_the_nats_server_the_project_is_tested_with(compose: dict[str, Any]) -> None:
+    """compose.yaml's nats image is the tested minor (tests/test_compose.py); every node runs it."""
+    single = load_compose("compose.yaml")["services"]["nats"]["image"]
+    assert {compose["services"][node]["image"] for node in NODES} == {single}
+
+
+def _monitor(local: LocalCompose, node: str, path: str) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(f"http://{local.address(node, 8222)}/{path}").json()
+    return answer
+
+
+def _route_peers(local: LocalCompose, node: str) -> set[str]:
+    return {route["remote_name"] for route in _monitor(local, node, "routez")["routes"]}
+
+
+def _routes_to_all_but_itself(local: LocalCompose, node: str) -> bool:
+    return _route_peers(local, node) == set(NODES) - {node}
+
+
+def _log_since(local: LocalCompose, name: str, offset: int) -> str:
+    return (local.root / f"{name}.log").read_text(errors="replace")[offset:]
+
+
+def test_the_cluster_config_forms_a_cluster_and_refuses_a_wrong_route_password(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """The three nodes as compose runs them: routes between every pair, one JetStream meta group;
+    a node started with another route password gets no route (and says why), and joins again with
+    the right one."""
+    route_password = new_secret()
+    local = LocalCompose(compose, tmp_path, secrets={ROUTE_PASSWORD: route_password})
+    try:
+        local.up(only=NODES)  # healthy: JetStream current with the cluster's meta leader
+        for node in NODES:
+            wait_for(partial(_routes_to_all_but_itself, local, node), 20, f"{node}'s routes")
+        meta = _monitor(local, "nats-1", "jsz")["meta_cluster"]
+        assert meta["cluster_size"] == len(NODES) and meta["leader"] in NODES
+        for node in NODES:
+            assert "Authorization Violation" in anonymous_nats(f"nats://{local.address(node, 4222)}")
+
+        # nats-3 from an env file with another route password: both sides refuse the route.
+        local.stop("nats-3")
+        offset = {node: len((tmp_path / f"{node}.log").read_bytes()) for node in NODES}
+        local.secrets[ROUTE_PASSWORD] = new_secret()
+        local.start("nats-3")
+        wait_for(
+            lambda: "authentication error" in _log_since(local, "nats-1", offset["nats-1"]), 20, "nats-1 to refuse"
+        )
+        wait_for(lambda: "Authorization Violation" in _log_since(local, "nats-3", offset["nats-3"]), 20, "the refusal")
+        assert _monitor(local, "nats-3", "routez")["num_routes"] == 0
+        assert "nats-3" not in _route_peers(local, "nats-1") | _route_peers(local, "nats-2")
+
+        # The same node with the right password is a member again.
+        local.stop("nats-3")
+        local.secrets[ROUTE_PASSWORD] = route_password
+        local.up(only=NODES)
+        wait_for(partial(_routes_to_all_but_itself, local, "nats-3"), 20, "nats-3's routes")
+    finally:
+        local.down()
+
+
+# The run: it needs the partitioned sink, the scatter-gather query and `logmesh secrets` writing the
+# route password; until they are all there, it fails at the first thing missing.
+
+
+def _cluster_stats_once_drained(local: LocalCompose, arrived: int) -> dict[str, Any]:
+    """/stats once ``arrived`` events are counted, every partition answered and no consumer holds
+    anything; else {}."""
+    stats: dict[str, Any] = httpx.get(f"http://{local.address('query', 8082)}/stats", headers=local.headers()).json()
+    parts = stats.get("partitions") or []
+    done = (
+        stats["arrived"] == arrived
+        and stats["missing_partitions"] == []
+        and len(parts) == PARTITIONS
+        and all(p["consumer"]["pending"] == 0 and p["consumer"]["ack_pending"] == 0 for p in parts)
+    )
+    return stats if done else {}
+
+
+def _stored_identities(local: LocalCompose) -> dict[str, list[tuple[str, str]]]:
+    """The (topic, event_id) rows of every partition file on the sinks' volumes, by ``<sink>/<file>``,
+    read once the sinks are stopped; a file holding a topic of another partition fails here."""
+    stored: dict[str, list[tuple[str, str]]] = {}
+    for sink in SINKS:
+        for path in sorted((local.root / f"{sink}-data").glob("*.duckdb")):
+            k = int(path.stem.removeprefix("partition-"))
+            assert path == store_file(path.parent, k, PARTITIONS), path.name
+            with duckdb.connect(str(path), read_only=True) as db:
+                rows: list[tuple[str, str]] = db.execute("SELECT topic, event_id FROM events").fetchall()
+            assert {partition_of(topic, PARTITIONS) for topic, _ in rows} <= {k}, f"{sink}/{path.name}"
+            stored[f"{sink}/{path.name}"] = rows
+    return stored
+
+
+@pytest.fixture
+def local(compose: dict[str, Any], tmp_path: Path) -> Iterator[LocalCompose]:
+    stack = LocalCompose(compose, tmp_path)
+    yield stack
+    stack.down()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_cluster_services_run_as_written_and_dedup_across_down_and_up(local: LocalCompose) -> None:
+    local.up()
+    local.run_publisher()
+    first = wait_for(partial(_cluster_stats_once_drained, local, SEED_EVENTS), 90, "the sinks to store the seed")
+    assert first["unique_processed"] == SEED_UNIQUE and first["invariant_holds"]
+    assert first["duplicate_dropped"] == SEED_EVENTS - SEED_UNIQUE
+    # Each partition where the compose file puts it: both sinks started together, each won its own.
+    owners = {p["partition"]: p["owner"] for p in first["partitions"]}
+    assert owners == PRIMARIES
+    assert all(p["ready"] for p in first["partitions"])
+    assert sum(p["unique_processed"] for p in first["partitions"]) == SEED_UNIQUE
+    cluster = first["cluster"]
+    assert cluster["replicas"] == REPLICAS and cluster["stream_leader"] in NODES
+    assert {n["name"]: n["ok"] for n in cluster["nodes"]} == dict.fromkeys(NODES, True)
+
+    query, ingest = f"http://{local.address('query', 8082)}", f"http://{local.address('ingest', 8081)}"
+    assert httpx.get(f"{query}/", headers=local.headers()).status_code == 200  # the dashboard
+    assert httpx.get(f"{query}/readyz").status_code == 200
+    # Without the tokens nothing gets in, over HTTP or NATS, on any node.
+    assert httpx.get(f"{query}/stats").status_code == 401
+    assert httpx.post(f"{ingest}/publish", json=[]).status_code == 401
+    assert httpx.post(f"{ingest}/publish", json=[], headers=local.headers()).status_code == 401
+    for node in NODES:
+        assert "Authorization Violation" in anonymous_nats(f"nats://{local.address(node, 4222)}")
+
+    # docker compose down: the files hold every distinct event once, each in its partition's file,
+    # each sink only the partitions it owns.
+    local.down()
+    stored = _stored_identities(local)
+    assert sorted(stored) == [f"{sink}/partition-{k}.duckdb" for sink, k in OWNERS_SORTED]
+    rows = [row for part in stored.values() for row in part]
+    assert len(rows) == len(set(rows)) == SEED_UNIQUE
+
+    # docker compose up: same volumes, every event and counter kept ...
+    local.up()
+    kept = wait_for(partial(_cluster_stats_once_drained, local, SEED_EVENTS), 90, "the counters after a restart")
+    for key in ("received", "unique_processed", "duplicates", "invalid", "topics"):
+        assert kept[key] == first[key], key
+
+    # ... and the second `up` runs the publisher again: the same 20,000 events, all duplicates now.
+    local.run_publisher()
+    second = wait_for(partial(_cluster_stats_once_drained, local, 2 * SEED_EVENTS), 90, "the re-sent events")
+    assert second["unique_processed"] == SEED_UNIQUE and second["invariant_holds"]
+    assert second["duplicate_dropped"] == first["duplicate_dropped"] + SEED_EVENTS
+    assert [(t["topic"], t["count"]) for t in second["topics"]] == [(t["topic"], t["count"]) for t in first["topics"]]
