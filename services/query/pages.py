@@ -36,6 +36,7 @@ class Part:
 class Merged:
     items: list[bytes]  # JSON, each naming its partition
     next_cursor: str | None
+    positions: tuple[int, ...]  # each partition's last id after this page
 
 
 def read_part(data: bytes) -> Part:
@@ -79,7 +80,7 @@ def merge(
         elif part.more:
             break  # its next item is not here, and might come before every one left
     exhausted = all(heads[k] == len(p.items) and not p.more for k, p in parts.items())
-    return Merged(taken, None if exhausted and not incomplete else format_cursor(after))
+    return Merged(taken, None if exhausted and not incomplete else format_cursor(after), tuple(after))
 
 
 def read_answers(answers: Mapping[int, bytes], missing: dict[int, str]) -> dict[int, Part]:
