@@ -10,6 +10,7 @@ or string comes back exactly as it was written.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 from logmesh.common.model import TOPIC_SCHEMA, EventId, Topic, check_event_id, check_topic
+from logmesh.common.partitions import MAX_PARTITIONS
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
@@ -56,6 +58,30 @@ class DeadLettersQuery(BaseModel):
     limit: int = Field(DEFAULT_PAGE, ge=1, le=MAX_PAGE)
     newest_first: bool = True
     parts: bool = Field(False, description="answer as a partition's part of a merged page (parts())")
+
+
+class PageRequest(BaseModel):
+    """A page asked over HTTP: ``cursor`` holds every partition's last id (see :func:`parse_cursor`);
+    each partition is then asked with an :class:`EventsQuery` or :class:`DeadLettersQuery`."""
+
+    model_config = ConfigDict(extra="forbid")
+    cursor: tuple[int, ...] | None = None
+    limit: int = Field(DEFAULT_PAGE, ge=1, le=MAX_PAGE)
+
+
+class EventsRequest(PageRequest):
+    topic: Topic | None = None
+    newest_first: bool = False
+
+    def partition_query(self, after: int, parts: bool) -> EventsQuery:
+        return EventsQuery(topic=self.topic, after=after, limit=self.limit, newest_first=self.newest_first, parts=parts)
+
+
+class DeadLettersRequest(PageRequest):
+    newest_first: bool = True
+
+    def partition_query(self, after: int, parts: bool) -> DeadLettersQuery:
+        return DeadLettersQuery(after=after, limit=self.limit, newest_first=self.newest_first, parts=parts)
 
 
 class NoQuery(BaseModel):
@@ -155,6 +181,49 @@ _CURSOR = Param(
     _integer(0, MAX_CURSOR, f"must be the next_cursor of a previous page (1-{CURSOR_DIGITS} digits 0-9)"),
     "next_cursor of the previous page",
 )
+# With P > 1 partitions a page goes on from every partition's last id: ``p<P>.<id 0>.<id 1>...`` (ids in
+# partition order; 0: nothing taken from that partition yet). With P = 1 it is the one id in decimal,
+# as it always was. Clients treat either as opaque.
+_MERGED_CURSOR = re.compile(rf"p([0-9]{{1,2}})((?:\.[0-9]{{1,{CURSOR_DIGITS}}})+)")
+_MERGED_CURSOR_CHARS = 4 + MAX_PARTITIONS * (CURSOR_DIGITS + 1)
+_CURSOR_RULE = (
+    f"must be the next_cursor of a previous page (1-{CURSOR_DIGITS} digits 0-9, or p<P>.<id>... for a stream of "
+    "P partitions)"
+)
+
+
+def format_cursor(positions: Sequence[int]) -> str:
+    """The cursor that goes on from each partition's last id."""
+    if len(positions) == 1:
+        return str(positions[0])
+    return f"p{len(positions)}." + ".".join(str(p) for p in positions)
+
+
+def parse_cursor(raw: str) -> tuple[int, ...]:
+    """Every partition's last id, from a cursor :func:`format_cursor` made (for any P; the route
+    checks it is the stream's)."""
+    if raw.isascii() and raw.isdigit() and len(raw) <= CURSOR_DIGITS:
+        return (int(raw),)
+    found = _MERGED_CURSOR.fullmatch(raw) if raw.isascii() and len(raw) <= _MERGED_CURSOR_CHARS else None
+    if found is None:
+        raise ValueError(_CURSOR_RULE)
+    count = int(found.group(1))
+    positions = tuple(int(p) for p in found.group(2)[1:].split("."))
+    if not 2 <= count <= MAX_PARTITIONS or len(positions) != count:
+        raise ValueError(f"{_CURSOR_RULE}; this one is damaged: it says p{count} and holds {len(positions)} ids")
+    return positions
+
+
+_PAGE_CURSOR = Param(
+    "cursor",
+    "cursor",
+    {
+        "type": "string",
+        "pattern": f"^([0-9]{{1,{CURSOR_DIGITS}}}|p[0-9]{{1,2}}(\\.[0-9]{{1,{CURSOR_DIGITS}}}){{2,{MAX_PARTITIONS}}})$",
+    },
+    parse_cursor,
+    "next_cursor of the previous page (opaque)",
+)
 _ORDER = Param(
     "order",
     "newest_first",
@@ -177,6 +246,9 @@ EVENT_PARAMS = (
     ),
 )
 DEAD_LETTERS_PARAMS = (_LIMIT, _CURSOR, _ORDER)
+# What the HTTP routes take: the same, with a cursor for any number of partitions.
+EVENTS_ROUTE_PARAMS = (EVENTS_PARAMS[0], _LIMIT, _PAGE_CURSOR, _ORDER)
+DEAD_LETTERS_ROUTE_PARAMS = (_LIMIT, _PAGE_CURSOR, _ORDER)
 
 
 def parse_params(
@@ -229,6 +301,34 @@ def page(key: Literal["events", "dead_letters"], items: Sequence[bytes], next_cu
     return b'{"%s":[%s],"count":%d,"next_cursor":%s}' % (key.encode(), b",".join(items), len(items), cursor)
 
 
+def merged_page(
+    key: Literal["events", "dead_letters"], items: Sequence[bytes], next_cursor: str | None, missing: Sequence[int]
+) -> bytes:
+    """A page made of every partition's part, naming the partitions that did not answer."""
+    cursor = b"null" if next_cursor is None else b'"%s"' % next_cursor.encode()
+    return b'{"%s":[%s],"count":%d,"next_cursor":%s,"missing_partitions":[%s]}' % (
+        key.encode(),
+        b",".join(items),
+        len(items),
+        cursor,
+        b",".join(b"%d" % k for k in missing),
+    )
+
+
+def with_missing(page_json: bytes, missing: Sequence[int] = ()) -> bytes:
+    """A finished page (or event) with ``missing_partitions`` added."""
+    if not page_json.endswith(b"}"):
+        raise ValueError("not a JSON object")
+    return page_json[:-1] + b',"missing_partitions":[%s]}' % b",".join(b"%d" % k for k in missing)
+
+
+def in_partition(item_json: bytes, partition: int) -> bytes:
+    """An item (event, dead letter) with the partition that stored it: ids are unique within one."""
+    if not (item_json.startswith(b"{") and item_json.endswith(b"}") and len(item_json) > 2):
+        raise ValueError("not a JSON object with fields")
+    return b'{"partition":%d,%s' % (partition, item_json[1:])
+
+
 # ---- a partition's part of a merged page ---------------------------------------------------------
 # With P > 1 the query service asks every partition for a page (``parts=True``) and merges them by
 # stream sequence. A part is ``1\n`` (more items follow in this partition) or ``0\n``, then per item
@@ -247,17 +347,29 @@ def read_parts(data: bytes) -> tuple[list[tuple[int, int, bytes]], bool]:
     """What :func:`parts` wrote; ValueError when ``data`` is not that."""
     view = memoryview(data)
     end = data.index(b"\n")
+    if data[:end] not in (b"0", b"1"):
+        raise ValueError(f"a part begins with {bytes(data[:end][:64])!r}, not 0 or 1")
     more = data[:end] == b"1"
     items: list[tuple[int, int, bytes]] = []
     at = end + 1
     while at < len(data):
         end = data.index(b"\n", at)
-        id_, seq, length = (int(x) for x in data[at:end].split(b" "))
+        fields = data[at:end].split(b" ")
+        # Digits only: a negative length would send the reader back over what it read, for ever.
+        if len(fields) != 3 or not all(f.isdigit() for f in fields):
+            raise ValueError(f"a part's item header is {bytes(data[at:end][:64])!r}, not '<id> <seq> <length>'")
+        id_, seq, length = (int(f) for f in fields)
         at = end + 1 + length
         if at > len(data):
             raise ValueError("a part ends inside an item")
         items.append((id_, seq, bytes(view[end + 1 : at])))
     return items, more
+
+
+_PARTITION = "with more than one partition: the partition that stored it (ids are unique within a partition)"
+_MISSING = (
+    "partitions that did not answer: their items are not in this page, and the cursor goes on from where they were"
+)
 
 
 class StoredEvent(BaseModel):
@@ -269,6 +381,7 @@ class StoredEvent(BaseModel):
     payload: dict[str, Any] = Field(description="as stored: numbers and strings exactly as they were written")
     seq: int = Field(description="stream sequence of the message that stored it")
     stored_at: str
+    partition: int | None = Field(None, description=_PARTITION)
 
 
 _NEXT = "pass it back as cursor for the next page; null on the last page"
@@ -278,6 +391,7 @@ class EventPage(BaseModel):
     events: list[StoredEvent]
     count: int
     next_cursor: str | None = Field(description=_NEXT)
+    missing_partitions: list[int] = Field(description=_MISSING)
 
 
 class DeadLetter(BaseModel):
@@ -290,12 +404,14 @@ class DeadLetter(BaseModel):
     body_bytes: int
     body_truncated: bool
     stored_at: str
+    partition: int | None = Field(None, description=_PARTITION)
 
 
 class DeadLetterPage(BaseModel):
     dead_letters: list[DeadLetter]
     count: int
     next_cursor: str | None = Field(description=_NEXT)
+    missing_partitions: list[int] = Field(description=_MISSING)
 
 
 class Duplicates(BaseModel):
@@ -310,7 +426,10 @@ class TopicStats(BaseModel):
 
 
 class SinkStatus(BaseModel):
-    """The sink's own state; the sink's ``status`` endpoint answers this alone."""
+    """The sink's own state; the sink's ``status`` endpoint answers this alone (with P > 1 the owner
+    of each partition answers for it, naming the partition). In ``/stats`` with P > 1: every
+    partition together (ready when all are; the first error; sums; the oldest uptime and the latest
+    commit)."""
 
     ready: bool
     last_error: str | None
@@ -320,6 +439,12 @@ class SinkStatus(BaseModel):
     buffered: int
     metrics_port: int | None
     store_bytes: int | None
+    partition: int | None = Field(None, description="the partition this answer is about (a partition's status)")
+    partitions: int | None = Field(None, description="the stream's number of partitions P")
+    owner: str | None = Field(None, description="the name of the sink that owns the partition")
+    pid: int | None = Field(None, description="that sink's process id")
+    consumer: str | None = Field(None, description="the partition's durable consumer")
+    file_id: str | None = Field(None, description="the id of the partition's store file")
 
 
 class StreamState(BaseModel):
@@ -338,6 +463,37 @@ class ConsumerState(BaseModel):
     redelivered: int
 
 
+class PartitionConsumer(BaseModel):
+    name: str | None = Field(description="the durable consumer the partition's owner reads through")
+    pending: int | None = Field(description="messages not yet delivered; null when JetStream did not answer")
+    ack_pending: int | None = Field(description="delivered, not yet acknowledged; null when JetStream did not answer")
+
+
+class PartitionStats(BaseModel):
+    partition: int
+    owner: str | None = Field(description="the sink that answered for it (null: never answered)")
+    pid: int | None
+    ready: bool = Field(description="answered, and its sink is ready")
+    received: int = Field(description="counters as last answered (kept while the partition is missing)")
+    unique_processed: int
+    duplicates: Duplicates
+    invalid: int
+    consumer: PartitionConsumer
+
+
+class ClusterNode(BaseModel):
+    name: str
+    url: str | None = Field(description="from the cluster_nodes setting (credentials hidden)")
+    ok: bool = Field(description="holds a current copy of the stream: its leader, or a replica current and online")
+    pid: int | None = Field(description="the nats-server's process id, when the one who started it said")
+
+
+class ClusterState(BaseModel):
+    nodes: list[ClusterNode]
+    stream_leader: str | None = Field(description="the server leading the stream; null when JetStream did not answer")
+    replicas: int | None = Field(description="the stream's configured number of replicas")
+
+
 class Stats(BaseModel):
     received: int
     unique_processed: int
@@ -351,4 +507,13 @@ class Stats(BaseModel):
     sink: SinkStatus
     uptime_seconds: float
     stream: StreamState | None = Field(None, description="from JetStream; absent when it did not answer")
-    consumer: ConsumerState | None = Field(None, description="from JetStream; absent when it did not answer")
+    consumer: ConsumerState | None = Field(
+        None,
+        description="from JetStream; absent when it did not answer. With P > 1: every partition's consumer "
+        "together, named 'sink-p*', absent unless each one answered",
+    )
+    partitions: list[PartitionStats] = Field(description="each partition, in order (one with P = 1)")
+    cluster: ClusterState
+    missing_partitions: list[int] = Field(
+        description="partitions whose sink did not answer; their counters are the last they answered"
+    )

@@ -179,6 +179,18 @@ function showStats(s) {
   text(status, sink.ready ? "ready" : "sink not ready");
   text($("as-of"), iso(s.as_of));
   text($("uptime"), `up ${duration(s.uptime_seconds)}`);
+  // One line per partition (one with a single partition); those that did not answer are named.
+  const missing = s.missing_partitions || [];
+  text($("missing-partitions"), missing.length ? `not answering: ${missing.join(", ")}` : "");
+  $("missing-partitions").className = missing.length ? "meta bad" : "meta";
+  $("partitions").tBodies[0].replaceChildren(...(s.partitions || []).map(p => row(
+    [[fmt(p.partition), "n"], [p.owner ? `${p.owner}${p.pid ? ` (pid ${p.pid})` : ""}` : "–"],
+      [missing.includes(p.partition) ? "missing" : p.ready ? "ready" : "not ready",
+        missing.includes(p.partition) || !p.ready ? "bad" : "ok"],
+      [fmt(p.received), "n"], [fmt(p.unique_processed), "n"], [fmt(p.duplicates.window), "n"],
+      [fmt(p.duplicates.store), "n"], [fmt(p.invalid), "n"], [fmt(p.consumer.pending), "n"],
+      [fmt(p.consumer.ack_pending), "n"]],
+    {"data-partition": String(p.partition)})));
   $("topics").tBodies[0].replaceChildren(...s.topics.map(t => row(
     [[t.topic], [fmt(t.count), "n"], [fmt(t.duplicates.window), "n"], [fmt(t.duplicates.store), "n"]],
     {"data-topic": t.topic})));
@@ -202,7 +214,7 @@ async function refreshStats() {
 
 // ---- dead letters and events ---------------------------------------------------------------------
 
-const letters = new Map();  // id -> <details>, kept so that an opened one stays open
+const letters = new Map();  // partition:id -> <details>, kept so that an opened one stays open
 
 function deadLetter(d) {
   const item = el("details", "letter");
@@ -224,9 +236,11 @@ function deadLetter(d) {
 async function refreshDeadLetters() {
   try {
     const page = await (await api("dead-letters?limit=8")).json();
-    const shown = page.dead_letters.map(d => letters.get(d.id) || deadLetter(d));
+    // Ids are unique within a partition: the key names both.
+    const key = d => `${d.partition === undefined ? 0 : d.partition}:${d.id}`;
+    const shown = page.dead_letters.map(d => letters.get(key(d)) || deadLetter(d));
     letters.clear();
-    page.dead_letters.forEach((d, i) => letters.set(d.id, shown[i]));
+    page.dead_letters.forEach((d, i) => letters.set(key(d), shown[i]));
     $("dead-letters").replaceChildren(...(shown.length ? shown : [el("p", "meta", "none")]));
   } catch (err) { /* shown by the stats status */ }
 }
