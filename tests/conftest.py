@@ -48,8 +48,8 @@ def make_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
     """Starts ``logmesh up`` processes (with extra environment if given) and stops them after the test."""
     started: list[Up] = []
 
-    def make(env: dict[str, str] | None = None, data_dir: Path | None = None) -> Up:
-        up = Up(data_dir or tmp_path / f"up{len(started)}", env)
+    def make(env: dict[str, str] | None = None, data_dir: Path | None = None, **cluster: int) -> Up:
+        up = Up(data_dir or tmp_path / f"up{len(started)}", env, **cluster)
         started.append(up)
         return up.start()
 

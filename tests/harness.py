@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -135,16 +137,44 @@ SERVICE_TOKENS = {"LOGMESH_INGEST_TOKEN": "tests-ingest-token", "LOGMESH_QUERY_T
 SERVICE_AUTH = ScopedTokens(SERVICE_TOKENS["LOGMESH_INGEST_TOKEN"], SERVICE_TOKENS["LOGMESH_QUERY_TOKEN"])
 
 
+@dataclass(frozen=True)
+class UpNode:
+    """A nats-server ``up`` started, as its ready line names it."""
+
+    name: str
+    url: str
+    pid: int
+
+
+_READY = "logmesh is up:"
+_READY_CLUSTER = re.compile(r"  nodes \[(?P<nodes>[^]]*)\]  partitions (?P<partitions>\d+)  sinks \[(?P<sinks>[^]]*)\]")
+_READY_NODE = re.compile(r"(?P<name>\S+) (?P<url>nats://\S+) pid (?P<pid>\d+)")
+_READY_SINK = re.compile(r"sink-\d+ pid (?P<pid>\d+)")
+
+
 class Up:
     """``logmesh up`` as a separate process: embedded NATS, sink child, ingest + query on one port.
-    Its HTTP client carries the tokens ``up`` generated (``auth``); ``nats_url`` is the admin's."""
+    Its HTTP client carries the tokens ``up`` generated (``auth``); ``nats_url`` is the admin's.
+    ``nats_nodes``, ``partitions``, ``sinks``: a NATS cluster on loopback and partitioned sinks
+    (``nodes`` and ``sink_pids`` then say what runs, from the ready line)."""
 
-    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        nats_nodes: int = 1,
+        partitions: int = 1,
+        sinks: int = 1,
+    ) -> None:
         self.data_dir = data_dir
         self.http_port = free_port()
         self.nats_port = free_port()
+        self.clustered = nats_nodes > 1 or partitions > 1 or sinks > 1
         args = ["up", "--data-dir", str(data_dir), "--http-port", str(self.http_port)]
         args += ["--nats-port", str(self.nats_port)]
+        if self.clustered:
+            args += ["--nats-nodes", str(nats_nodes), "--partitions", str(partitions), "--sinks", str(sinks)]
         data_dir.mkdir(parents=True, exist_ok=True)
         self.service = Service(args, env, log_path=data_dir / "up.log")
         self.http = httpx.Client(base_url=self.url, timeout=30)
@@ -155,11 +185,34 @@ class Up:
 
     @property
     def nats_url(self) -> str:
-        """The embedded server's URL, as its admin user when authorization is on: the tests look
-        at and break what they need to."""
+        """The embedded server's URL (every node's, comma-separated, in a cluster), as its admin
+        user when authorization is on: the tests look at and break what they need to."""
         password = self.secret(password_secret("admin"))
         user = f"admin:{password}@" if password else ""
-        return f"nats://{user}127.0.0.1:{self.nats_port}"
+        if not self.clustered:
+            return f"nats://{user}127.0.0.1:{self.nats_port}"
+        return ",".join(node.url.replace("nats://", f"nats://{user}", 1) for node in self.nodes)
+
+    def ready_line(self) -> str:
+        lines = [line for line in self.service.log().splitlines() if line.startswith(_READY)]
+        if not lines:
+            raise AssertionError(f"logmesh up printed no ready line:\n{self.service.log()[-3000:]}")
+        return lines[-1]
+
+    def _cluster_part(self) -> re.Match[str]:
+        found = _READY_CLUSTER.search(self.ready_line())
+        if found is None:
+            raise AssertionError(f"the ready line names no nodes: {self.ready_line()}")
+        return found
+
+    @property
+    def nodes(self) -> list[UpNode]:
+        """The nats-servers ``up`` runs, as its ready line names them (a cluster only)."""
+        return [UpNode(m["name"], m["url"], int(m["pid"])) for m in _READY_NODE.finditer(self._cluster_part()["nodes"])]
+
+    @property
+    def sink_pids(self) -> list[int]:
+        return [int(m["pid"]) for m in _READY_SINK.finditer(self._cluster_part()["sinks"])]
 
     @property
     def nats_address(self) -> str:
@@ -171,7 +224,9 @@ class Up:
 
     def start(self) -> Up:
         self.service.start()
-        wait_for(self._ready, 30, "logmesh up to be ready")
+        wait_for(self._ready, 60 if self.clustered else 30, "logmesh up to be ready")
+        if self.clustered:  # printed right after /readyz first answers 200
+            wait_for(lambda: _READY_CLUSTER.search(self.service.log()), 10, "the ready line")
         self.http.auth = self.auth
         return self
 
@@ -240,7 +295,7 @@ def over_nats(url: str, work: Callable[[Client], Awaitable[T]]) -> T:
 
     async def go() -> T:
         # The admin's own inbox prefix: the sink answers only into the inboxes of those who may ask.
-        nc = await nats.connect(url, inbox_prefix=inbox_prefix("admin"))
+        nc = await nats.connect(url.split(","), inbox_prefix=inbox_prefix("admin"))
         try:
             return await work(nc)
         finally:

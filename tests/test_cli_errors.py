@@ -69,7 +69,7 @@ BAD_ENV = {
     "bench": ("LOGMESH_BENCH_EVENTS", "10", "an integer >= 1000"),
     "soak": ("LOGMESH_SOAK_KILL_EVERY", "inf", "a number > 0"),
     "secrets": ("LOGMESH_ENV_FILE", "/", "the path of a file to create"),
-    "nats-config": ("LOGMESH_CONSUMER", "sink.>", JETSTREAM_NAME),
+    "nats-config": ("LOGMESH_CLUSTER_SIZE", "0", "an integer from 1 to 9"),
 }
 # What a command needs besides the bad value, so that nothing else is wrong.
 NEEDS = {"publish": ["--url", "http://127.0.0.1:1"]}

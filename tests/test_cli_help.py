@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(60)
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 LOGGING = {"--log-level", "--log-format"}
-STREAM_SHAPE = {"--duplicate-window", "--max-age", "--stream-max-bytes", "--replicas"}
+STREAM_SHAPE = {"--duplicate-window", "--max-age", "--stream-max-bytes", "--replicas", "--stream-partitions"}
 WORKLOAD = {"--events", "--dup", "--topics", "--batch", "--clients", "--run-id"}
 HTTP_AUTH = {"--ingest-token", "--query-token", "--ingest-token-file", "--query-token-file", "--no-auth"}
 HTTP = {"--host", "--http-port", "--tls-cert", "--tls-key"} | HTTP_AUTH
@@ -30,6 +30,7 @@ NATS_AUTH = {"--nats-user", "--nats-password", "--nats-creds", "--nats-tls-ca", 
 # What each command uses: its --help lists exactly these (and -h).
 FLAGS = {
     "up": {"--data-dir", "--nats-port", "--nats-url", "--nats-io", "--metrics-port", "--stream"}
+    | {"--nats-nodes", "--partitions", "--sinks", "--lease-ttl"}
     | {"--publisher-password", "--admin-nats-password"}
     | NATS_AUTH
     | HTTP
@@ -48,7 +49,10 @@ FLAGS = {
     | HTTP
     | LOGGING
     | STREAM_SHAPE,
-    "query": {"--nats-url", "--nats-io", "--stream", "--consumer", "--query-timeout"} | NATS_AUTH | HTTP | LOGGING,
+    "query": {"--nats-url", "--nats-io", "--stream", "--consumer", "--query-timeout", "--cluster-nodes"}
+    | NATS_AUTH
+    | HTTP
+    | LOGGING,
     "sink": {"--nats-url", "--nats-io", "--stream", "--data-dir", "--metrics-host", "--metrics-port", "--consumer"}
     | {"--decoder", "--batch-size", "--linger", "--poison-after", "--ack-wait", "--max-ack-pending"}
     | {"--memory-limit", "--db-threads", "--checkpoint-threshold"}
@@ -58,7 +62,7 @@ FLAGS = {
     "bench": {"--parts", "--runs", "--events", "--dup", "--topics", "--preload", "--growth-events", "--json-out"},
     "soak": {"--duration", "--rate", "--kill-every", "--seed", "--data-dir"},
     "secrets": {"--env-file"},
-    "nats-config": {"--stream", "--consumer"},
+    "nats-config": {"--stream", "--cluster-size"},
 }
 FLAGS["tail"] |= {"--no-all"}
 FLAGS["demo"] |= {"--no-serve"}

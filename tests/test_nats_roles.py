@@ -16,8 +16,11 @@ import nats
 import orjson
 import pytest
 from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig
 
+from logmesh.common.leases_bucket import LEASE_BUCKET, ensure_lease_bucket, lease_key
 from logmesh.common.nats_roles import Role, inbox_prefix, password_secret
+from logmesh.common.partitions import consumer_filters
 from logmesh.common.processes import children
 from logmesh.common.waiting import WaitTimeout, wait_until_async
 from tests.harness import Up, event, jetstream_info, wait_for
@@ -145,6 +148,15 @@ FORBIDDEN: list[tuple[Role, str, Action]] = [
     ("query", "logs.orders", publish("logs.orders")),
     ("ingest", "$JS.API.CONSUMER.CREATE.LOGS.spy", request("$JS.API.CONSUMER.CREATE.LOGS.spy")),
     ("query", "$JS.API.STREAM.MSG.GET.LOGS", request("$JS.API.STREAM.MSG.GET.LOGS", b'{"seq":1}')),
+    # A partition's receipts move its counters as the single receipt subject does.
+    *((role, "logmesh.receipts.1", publish("logmesh.receipts.1", RECEIPT)) for role in ("publisher", "sink", "query")),
+    # The sink's consumers are the stream's and no other's; the leases are the sinks' to write.
+    ("sink", "$JS.API.CONSUMER.CREATE.OTHER.sink-p0-x", request("$JS.API.CONSUMER.CREATE.OTHER.sink-p0-x")),
+    *((role, "$KV.LOGMESH_LEASES.p0", publish("$KV.LOGMESH_LEASES.p0")) for role in ("publisher", "ingest", "query")),
+    *(
+        (role, "$JS.API.STREAM.DELETE.KV_LOGMESH_LEASES", request("$JS.API.STREAM.DELETE.KV_LOGMESH_LEASES"))
+        for role in ("ingest", "sink", "query")
+    ),
 ]
 
 
@@ -307,3 +319,30 @@ def test_a_puback_stored_on_the_receipt_subject_is_a_dead_letter_not_a_count(up:
     assert after["duplicates"] == before["duplicates"]
     letters = up.http.get("/dead-letters").json()["dead_letters"]
     assert letters[0]["subject"] == "logmesh.receipts"
+
+
+def test_a_partition_sink_may_use_its_consumer_and_the_leases_and_query_may_read_them(up: Up) -> None:
+    async def as_sink(nc: Client) -> int:
+        js = nc.jetstream()
+        kv = await ensure_lease_bucket(js, 3.0, 1)
+        revision = await kv.create(lease_key(1), b'{"owner": "sink-0"}')
+        await kv.update(lease_key(1), b'{"owner": "sink-0"}', last=revision)
+        config = ConsumerConfig(
+            name="sink-p1-abc",
+            durable_name="sink-p1-abc",
+            filter_subjects=consumer_filters(1, 4),
+            ack_policy=AckPolicy.EXPLICIT,
+            inactive_threshold=60,
+        )
+        await js.add_consumer("LOGS", config)
+        pending: int = (await js.consumer_info("LOGS", "sink-p1-abc")).num_pending
+        return pending
+
+    assert allowed(up, "sink", as_sink) == 0
+
+    async def as_query(nc: Client) -> bytes | None:
+        entry = await (await nc.jetstream().key_value(LEASE_BUCKET)).get(lease_key(1))
+        await nc.jetstream().consumer_info("LOGS", "sink-p1-abc")
+        return entry.value
+
+    assert allowed(up, "query", as_query) == b'{"owner": "sink-0"}'

@@ -41,7 +41,7 @@ class Services:
         self.root = root
         self.auth = UpAuth.prepare(LogmeshSettings(), root, enabled=True)
         self.nats = EmbeddedNats(
-            root / "nats", port=free_port(), config=self.auth.server_config("LOGS", "sink"), env=self.auth.server_env()
+            root / "nats", port=free_port(), config=self.auth.server_config("LOGS"), env=self.auth.server_env()
         )
         self.ingest_port, self.query_port = free_port(), free_port()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

@@ -26,6 +26,7 @@ from logmesh.common.auth import INGEST, READ
 from logmesh.common.claims import Refused
 from logmesh.common.jetstream import shown_url
 from logmesh.common.logs import setup_logging
+from logmesh.common.partitions import PartitionsMismatch
 from logmesh.common.settings import (
     DataDirPath,
     EmbeddedNatsPort,
@@ -59,6 +60,10 @@ def up_command(args: argparse.Namespace) -> int:
         except Refused as exc:
             await stack.stop()
             return refuse("up", exc)
+        except PartitionsMismatch as exc:  # never re-partitioned in place: the operator decides
+            print(f"logmesh up: {exc}", file=sys.stderr, flush=True)
+            await stack.stop()
+            return 2
         except (RuntimeError, OSError) as exc:
             log.error("%s", exc)
             await stack.stop()
@@ -79,6 +84,10 @@ async def _ready_line(stack: Stack) -> str:
         f"  NATS {shown_url(stack.nats_url)}  data {s.data_dir.resolve()}"
     )
     line += f"  secrets {stack.auth.where}" if stack.auth.where is not None else "  AUTHENTICATION OFF"
+    if s.nats_nodes > 1 or s.sinks > 1 or s.stream_partitions > 1:
+        nodes = ", ".join(f"{m.name} {m.url} pid {m.pid}" for m in stack.members())
+        sinks = ", ".join(f"sink-{i} pid {pid}" for i, pid in enumerate(stack.sinks.pids))
+        line += f"  nodes [{nodes}]  partitions {s.stream_partitions}  sinks [{sinks}]"
     if s.metrics_port is not None:
         port = await stack.sink_metrics_port()
         line += (

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 
 from logmesh.cli.runner import refuse, run, serve_http
 from logmesh.common.claims import DirLock, Refused, listen_socket, lock_data_dir, lock_store
@@ -33,10 +34,20 @@ def ingest_command(args: argparse.Namespace) -> int:
         return refuse("ingest", exc)
 
     async def main(stopping: asyncio.Event) -> int:
+        refused: list[str] = []
+
         def ready(port: int) -> None:
             log.info("ingest listening on %s://%s:%d (POST /publish)", settings.http_scheme, settings.host, port)
 
-        return await serve_http(create_app(settings), listener, stopping, ready, settings)
+        def refuse_stream(reason: str) -> None:  # a stream of another number of partitions: exit 2
+            refused.append(reason)
+            stopping.set()
+
+        code = await serve_http(create_app(settings, on_refused=refuse_stream), listener, stopping, ready, settings)
+        if refused:
+            print(f"logmesh ingest: {refused[0]}", file=sys.stderr, flush=True)
+            return 2
+        return code
 
     return run(main)
 

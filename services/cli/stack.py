@@ -11,29 +11,28 @@ import subprocess
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from pydantic import Field, SecretStr
+from pydantic import SecretStr
 from starlette.applications import Starlette
 
 from logmesh.cli.runner import start_server, stop_server
+from logmesh.cli.sink_children import SinkChildren, sink_roles
 from logmesh.cli.sink_metrics import SinkMetricsRelay
-from logmesh.cli.up_secrets import UpAuth, UpSecrets
+from logmesh.cli.up_secrets import UpAuth
+from logmesh.cli.up_settings import UpSettings
 from logmesh.common.auth import INGEST, AccessScope, Authenticator
 from logmesh.common.claims import DirLock, listen_socket, lock_data_dir
 from logmesh.common.embedded import EmbeddedNats, nats_answers
+from logmesh.common.embedded_cluster import EmbeddedCluster, Member, wait_jetstream
 from logmesh.common.http import Component, EmbeddedServer, bound_port, build_app
 from logmesh.common.jetstream import close, connect, shown_url, wait_for_stream
+from logmesh.common.leases_bucket import ensure_lease_bucket
+from logmesh.common.nats_cluster import ROUTE_PASSWORD
 from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.nats_roles import Role
-from logmesh.common.natsio import NatsIo
-from logmesh.common.processes import environment, python_command, spawn, stop_process
+from logmesh.common.processes import environment, python_command, spawn
 from logmesh.common.secrets_store import MSG_ID_KEY, without_secrets
 from logmesh.common.settings import (
     CommonSettings,
-    DataDir,
-    EmbeddedNatsPort,
-    HttpListen,
-    NatsAuth,
-    Port,
     flag_name,
 )
 from logmesh.common.tokens import first_token
@@ -43,28 +42,12 @@ from logmesh.ingest.settings import IngestSettings
 from logmesh.query.app import Query
 from logmesh.query.settings import QuerySettings
 
+__all__ = ["Stack", "UpSettings", "combined_app"]
+
 log = logging.getLogger("logmesh")
 
-SINK_CONSUMER = "sink"  # the durable consumer of the sink ``up`` starts (its default)
-
-
-class UpSettings(CommonSettings, DataDir, HttpListen, EmbeddedNatsPort, UpSecrets, NatsAuth):
-    nats_url: str | None = Field(
-        None,
-        description="use this NATS server instead of starting one (every part connects with the --nats-user, "
-        "--nats-creds or URL credentials given)",
-    )
-    nats_io: NatsIo = Field("fast", description="hot NATS paths of the sink and ingest: 'fast' or 'plain'")
-    # The sink's metrics are in GET /metrics on the HTTP port; a port of their own only on request,
-    # so that two ups on one machine never contend for one.
-    metrics_port: Port | None = Field(
-        None, description="also serve the sink's own metrics on this port (0 picks a free one)"
-    )
-
-    @property
-    def sink_metrics_host(self) -> str:
-        """Loopback, unless the sink's metrics were asked for on a port of their own."""
-        return "127.0.0.1" if self.metrics_port is None else self.host
+# How long a cluster may take to elect its JetStream meta leader (about 5 s on loopback).
+CLUSTER_READY_TIMEOUT = 60.0
 
 
 def _components(
@@ -93,27 +76,27 @@ class Stack:
         self.command = f"logmesh {command}"
         self.sink_log_level = sink_log_level or settings.log_level
         self.nats: EmbeddedNats | None = None
+        self.cluster: EmbeddedCluster | None = None
         self.nats_url = settings.nats_url or ""
         self.http_url = ""
-        self.sink: subprocess.Popen[bytes] | None = None
+        self.sinks = SinkChildren(settings.sinks, self._launch_sink)
         self._claim: DirLock | None = None
         self._listener: socket.socket | None = None
         self._parts: list[Component] = []
         self._sink_metrics: SinkMetricsRelay | None = None
         self._server: EmbeddedServer | None = None
         self._serving: asyncio.Task[None] | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        self._stopping = False
         self.auth = UpAuth(None)
 
     def _common(self) -> dict[str, Any]:
         return {name: getattr(self.settings, name) for name in CommonSettings.model_fields}
 
-    def sink_command(self) -> list[str]:
+    def sink_command(self, i: int = 0) -> list[str]:
         flags = {
             **self._common(),
             "metrics_host": self.settings.sink_metrics_host,
-            "metrics_port": self.settings.metrics_port or 0,
+            # A port asked for is sink 0's; any other sink picks a free one.
+            "metrics_port": (self.settings.metrics_port if i == 0 else None) or 0,
             "log_level": self.sink_log_level,
             "nats_io": self.settings.nats_io,
             "data_dir": self.settings.data_dir,
@@ -130,10 +113,23 @@ class Stack:
             return NatsCredentials.from_settings(self.settings, role)
         return self.auth.credentials(role)
 
-    def sink_env(self) -> dict[str, str]:
+    def sink_env(self, i: int = 0) -> dict[str, str]:
         # The URL may hold credentials: like the password, it goes by environment, not on the argv.
         env = {k: v for k, v in without_secrets(environment({})).items() if not k.startswith("LOGMESH_NATS_")}
-        return {**env, "LOGMESH_NATS_URL": self.nats_url, **self.credentials("sink").env()}
+        env = {**env, "LOGMESH_NATS_URL": self.nats_url, **self.credentials("sink").env()}
+        s = self.settings
+        if s.stream_partitions > 1:
+            env.update(sink_roles(s.sinks, s.stream_partitions)[i].env(s.lease_ttl))
+        return env
+
+    def members(self) -> list[Member]:
+        """The nats-servers this ``up`` runs (none on a server of the operator's)."""
+        if self.cluster is not None:
+            return self.cluster.members()
+        if self.nats is not None:
+            pid = self.nats.process.pid if self.nats.process is not None else None
+            return [Member("nats", self.nats.url, pid)]
+        return []
 
     async def start(self) -> None:
         """Claims the data directory and the HTTP port before starting anything (``claims.Refused``
@@ -143,18 +139,26 @@ class Stack:
         self._listener = listen_socket(s.host, s.http_port, "--http-port")
         if s.no_auth:
             log.warning("NATS authorization is off (--no-auth): any client of NATS can publish, read and delete")
-        if not s.nats_url:
+        if s.clustered:
+            self.cluster = EmbeddedCluster(s.data_dir / "nats", s.nats_nodes, port=s.nats_port, owner=self.command)
+            self.cluster.check_port()  # refused before any secret is made
+        elif not s.nats_url:
             self.nats = EmbeddedNats(s.data_dir / "nats", port=s.nats_port, owner=self.command)
             self.nats.check_port()  # refused before any secret is made
-        self.auth = UpAuth.prepare(s, s.data_dir, enabled=not s.no_auth, nats=not s.nats_url)
+        self.auth = UpAuth.prepare(s, s.data_dir, enabled=not s.no_auth, nats=not s.nats_url, cluster=s.clustered)
         self._auth = self.auth.authenticator(s)  # a token file that cannot be read: exit 2, nothing started
-        if self.nats is not None:
-            self.nats.authorize(self.auth.server_config(s.stream, SINK_CONSUMER), self.auth.server_env())
+        if self.cluster is not None:
+            route_password = self.auth.get(ROUTE_PASSWORD)
+            self.cluster.authorize(self.auth.server_config(s.stream), self.auth.server_env(), route_password)
+            await self.cluster.start()
+            self.nats_url = self.cluster.url
+            await self._declare_stream()
+        elif self.nats is not None:
+            self.nats.authorize(self.auth.server_config(s.stream), self.auth.server_env())
             await self.nats.start()
             self.nats_url = self.nats.url
             await self._declare_stream()
-        self._start_sink()
-        self._supervisor = asyncio.create_task(self._supervise_sink())
+        self.sinks.start()
         http = {
             "nats_url": self.nats_url,
             "nats_io": s.nats_io,
@@ -167,7 +171,8 @@ class Stack:
         ingest = IngestSettings(
             **http, **self.credentials("ingest").settings_fields(), msg_id_key=SecretStr(key) if key else None
         )
-        query = QuerySettings(**http, **self.credentials("query").settings_fields())
+        nodes = ",".join(f"{m.name}={m.url}@{m.pid}" for m in self.members()) if self.cluster is not None else ""
+        query = QuerySettings(**http, **self.credentials("query").settings_fields(), cluster_nodes=nodes)
         self._parts, self._sink_metrics, app = _components(ingest, query, s.sink_metrics_host, self._auth)
         self._server, self._serving = await start_server(app, self._listener, s)
         self.http_url = f"{s.http_scheme}://{s.host}:{bound_port(self._server)}"
@@ -196,9 +201,15 @@ class Stack:
     async def _declare_stream(self) -> None:
         """As the admin user, the only one that may change the stream: creates it, or applies a
         changed shape (``--max-age``, ...), before any service starts."""
+        s = self.settings
         nc = await connect(self.nats_url, "logmesh-up", io="plain", credentials=self.credentials("admin"))
         try:
+            if self.cluster is not None:
+                log.info("waiting for the NATS cluster (%d nodes) to elect its JetStream meta leader", s.nats_nodes)
+                await wait_jetstream(nc, CLUSTER_READY_TIMEOUT)
             await wait_for_stream(nc.jetstream(), CommonSettings(**self._common()))
+            if s.stream_partitions > 1:
+                await ensure_lease_bucket(nc.jetstream(), s.lease_ttl, s.replicas)
         finally:
             await close(nc)
 
@@ -229,41 +240,24 @@ class Stack:
             checks.update(await part.readiness())
         return ", ".join(name for name, check in checks.items() if not check.get("ok"))
 
-    def _start_sink(self) -> None:
-        # The sink gets the data directory's claim too: should this process die first, the claim
-        # lasts until the sink has finished its batch and exited.
-        self.sink = spawn(self.sink_command(), env=self.sink_env(), pass_fds=[self._claim.fd] if self._claim else [])
-
-    async def _supervise_sink(self) -> None:
-        """Restarts the sink if it dies: it resumes from its store and JetStream redelivers the rest."""
-        delay = 0.5
-        while not self._stopping:
-            assert self.sink is not None
-            code = await asyncio.to_thread(self.sink.wait)
-            if self._stopping:
-                return
-            log.error("sink exited with code %s; restarting it in %.1f s", code, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-            if not self._stopping:
-                self._start_sink()
+    def _launch_sink(self, i: int) -> subprocess.Popen[bytes]:
+        # Each sink gets the data directory's claim too: should this process die first, the claim
+        # lasts until every sink has finished its batch and exited.
+        fds = [self._claim.fd] if self._claim else []
+        return spawn(self.sink_command(i), env=self.sink_env(i), pass_fds=fds)
 
     async def stop(self) -> int:
         """Stops in dependency order: HTTP (finish requests), the sink (commit, ack, drain), NATS;
         then gives up the claims. Safe after a start that failed part way."""
-        self._stopping = True
-        if self._supervisor is not None:  # it may be waiting to restart the sink: no need now
-            self._supervisor.cancel()
-            await asyncio.wait({self._supervisor})
         if self._server is not None and self._serving is not None:
             await stop_server(self._server, self._serving)
         if self._listener is not None:
             self._listener.close()
-        code = 0
-        if self.sink is not None:
-            code = await stop_process(self.sink, timeout=30)
+        code = await self.sinks.stop(timeout=30)
         if self.nats is not None:
             await self.nats.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self._claim is not None:
             self._claim.release()
         return code

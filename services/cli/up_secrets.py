@@ -16,6 +16,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, SecretStr
 
 from logmesh.common.auth import INGEST, READ, Authenticator
+from logmesh.common.nats_cluster import ROUTE_PASSWORD
 from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.nats_roles import (
     ROLES,
@@ -27,6 +28,7 @@ from logmesh.common.nats_roles import (
 )
 from logmesh.common.secrets_store import (
     ALL_SECRETS,
+    CLUSTER_SECRETS,
     INGEST_TOKEN,
     MSG_ID_KEY,
     QUERY_TOKEN,
@@ -72,6 +74,9 @@ class UpSecrets(LogmeshSettings):
     sink_nats_password: Annotated[NatsPassword, ENV_ONLY] = Field(None, description="the sink's NATS password")
     query_nats_password: Annotated[NatsPassword, ENV_ONLY] = Field(None, description="query's NATS password")
     msg_id_key: Annotated[MsgIdKeySetting, ENV_ONLY] = Field(None, description="key of ingest's message ids")
+    route_password: Annotated[NatsPassword, ENV_ONLY] = Field(
+        None, description="password of the NATS cluster's routes (--nats-nodes 2 or more)"
+    )
 
 
 def _field(secret: str) -> str:
@@ -96,10 +101,13 @@ class UpAuth:
         self.where = where
 
     @classmethod
-    def prepare(cls, settings: LogmeshSettings, data_dir: Path, *, enabled: bool, nats: bool = True) -> UpAuth:
+    def prepare(
+        cls, settings: LogmeshSettings, data_dir: Path, *, enabled: bool, nats: bool = True, cluster: bool = False
+    ) -> UpAuth:
         """Every secret, given or stored or generated now (said once, with where they are kept). A
         scope whose tokens come from a file (``--ingest-token-file``) gets none generated; with a
-        NATS server of the operator's (``nats`` False) no NATS password is made: it has its own.
+        NATS server of the operator's (``nats`` False) no NATS password is made: it has its own; the
+        routes' password only for an embedded cluster (``cluster``).
         A stored value edited by hand is checked as a given one is (``SettingsError``)."""
         if not enabled:
             return cls(None)
@@ -107,9 +115,9 @@ class UpAuth:
             INGEST_TOKEN: getattr(settings, "ingest_token_file", None),
             QUERY_TOKEN: getattr(settings, "query_token_file", None),
         }
-        passwords = {password_secret(role) for role in ROLES}
+        passwords = {password_secret(role) for role in ROLES} | {ROUTE_PASSWORD}
         given: dict[str, str | None] = {}
-        for secret in ALL_SECRETS:
+        for secret in (*ALL_SECRETS, *(CLUSTER_SECRETS if cluster else ())):
             if from_files.get(secret) is not None or (secret in passwords and not nats):
                 continue
             value = getattr(settings, _field(secret), None)
@@ -146,8 +154,8 @@ class UpAuth:
     def credentials(self, role: Role) -> NatsCredentials:
         return NatsCredentials.for_role(role, self.get(password_secret(role)))
 
-    def server_config(self, stream: str, consumer: str) -> str | None:
-        return server_authorization(stream, consumer) if self.enabled else None
+    def server_config(self, stream: str) -> str | None:
+        return server_authorization(stream) if self.enabled else None
 
     def server_env(self) -> dict[str, str]:
         """The passwords, by the names the server's configuration gives them."""

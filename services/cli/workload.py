@@ -25,6 +25,7 @@ from logmesh.common.jetstream import close, connect, log_subject, shown_url
 from logmesh.common.model import msg_id
 from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.natsio import NatsIo
+from logmesh.common.partitions import partitions_of
 from logmesh.common.publisher import AckedPublisher, Outgoing, Prepared
 
 LEVELS = ("debug", "info", "info", "info", "warning", "error")
@@ -191,7 +192,7 @@ async def send_nats(
     topics = [[e["topic"] for e in batch] for batch in batches]
     nc = await connect(nats_url, "logmesh-publish", io=nats_io, credentials=credentials)
     try:
-        await nc.jetstream().stream_info(stream)
+        partitions = partitions_of((await nc.jetstream().stream_info(stream)).config)
     except NotFoundError:
         await nc.close()
         raise Rejected(
@@ -221,7 +222,7 @@ async def send_nats(
                 ready = prepared[i] or publisher.prepare(batches_out[i])
                 prepared[i] = None
                 try:
-                    outcome = await publisher.publish_counted(ready, topics[i], timeout=10)
+                    outcome = await publisher.publish_counted(ready, topics[i], timeout=10, partitions=partitions)
                 except (nats.errors.Error, OSError) as exc:  # the connection is down: retry when it is back
                     problem: str | None = f"publishing failed: {exc or type(exc).__name__}"
                 else:

@@ -11,13 +11,17 @@ The roles:
 - ``publisher``: a third-party service that publishes events (``nats pub logs.<topic>``) and
   receives its PubAcks. Nothing else: no receipts (they move the counters), no JetStream API, no
   queries, no other client's inbox (every logmesh user has an inbox prefix of its own).
-- ``ingest``: publishes events and receipts; may read the stream's info and create it.
+- ``ingest``: publishes events and receipts (a partition's on ``logmesh.receipts.<k>``); may read the
+  stream's info and create it.
 - ``sink``: the only consumer of the stream and the only responder to queries (a forged responder
   in its queue group would answer with forged data); may create its own consumer. It answers only
   into the inboxes of the users that may ask (query, admin): a request's reply subject is the
   requester's choice, and with nats-server's ``allow_responses`` a request replying "into"
-  ``$JS.API.STREAM.DELETE.LOGS`` would have the sink delete the stream.
-- ``query``: asks the sink, reads the stream's and the consumer's info. Publishes nothing else.
+  ``$JS.API.STREAM.DELETE.LOGS`` would have the sink delete the stream. It may create, read, pull from
+  and ack any consumer of the stream (a partition's is named for its file), and take and renew the
+  partition leases (``leases_bucket``), creating their bucket when it is missing.
+- ``query``: asks the sink, reads the stream's and its consumers' info and the leases. Publishes
+  nothing else.
 - ``admin``: everything; the only one that may update, purge or delete the stream or a consumer.
 
 Services create the stream and the sink's consumer when they are missing (so they start in any
@@ -32,6 +36,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
+from logmesh.common.leases_bucket import LEASE_BUCKET, LEASE_STREAM
 from logmesh.common.subjects import LOG_SUBJECTS, QUERY_SUBJECT_PREFIX, RECEIPT_SUBJECT
 
 Role = Literal["admin", "publisher", "ingest", "sink", "query"]
@@ -71,42 +76,63 @@ class Permissions:
     subscribe: tuple[str, ...]
 
 
-def permissions(role: Role, stream: str = "LOGS", consumer: str = "sink") -> Permissions:
+def _lease_reads(api: str) -> tuple[str, ...]:
+    """Reading the lease bucket: its stream's info, a key's value (direct or through the leader)."""
+    return (
+        f"{api}.STREAM.INFO.{LEASE_STREAM}",
+        f"{api}.DIRECT.GET.{LEASE_STREAM}",
+        f"{api}.DIRECT.GET.{LEASE_STREAM}.>",
+        f"{api}.STREAM.MSG.GET.{LEASE_STREAM}",
+    )
+
+
+def permissions(role: Role, stream: str = "LOGS") -> Permissions:
+    """A partition's consumer is named for its file (``sink-p<k>-<file id>``), so the sink may use any
+    consumer of ``stream``, whatever it is named, and no other stream's."""
     api = "$JS.API"
     inbox = inbox_prefix(role) + ".>"
     stream_info = f"{api}.STREAM.INFO.{stream}"
     stream_create = f"{api}.STREAM.CREATE.{stream}"
-    consumer_info = f"{api}.CONSUMER.INFO.{stream}.{consumer}"
     if role == "admin":
         return Permissions(publish=(">",), subscribe=(">",))
     if role == "publisher":
         return Permissions(publish=(LOG_SUBJECTS,), subscribe=(inbox,))
     if role == "ingest":
-        return Permissions(publish=(LOG_SUBJECTS, RECEIPT_SUBJECT, stream_info, stream_create), subscribe=(inbox,))
+        return Permissions(
+            publish=(LOG_SUBJECTS, RECEIPT_SUBJECT, f"{RECEIPT_SUBJECT}.*", stream_info, stream_create),
+            subscribe=(inbox,),
+        )
     if role == "sink":
         return Permissions(
             publish=(
                 stream_info,
                 stream_create,
-                consumer_info,
-                f"{api}.CONSUMER.CREATE.{stream}.{consumer}",
-                f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
-                f"{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
-                f"$JS.ACK.{stream}.{consumer}.>",
-                f"$JS.ACK.*.*.{stream}.{consumer}.>",  # the form with a JetStream domain and account hash
+                f"{api}.CONSUMER.INFO.{stream}.*",
+                f"{api}.CONSUMER.CREATE.{stream}.*",
+                f"{api}.CONSUMER.CREATE.{stream}.*.>",  # the form that names the filter subject
+                f"{api}.CONSUMER.DURABLE.CREATE.{stream}.*",
+                f"{api}.CONSUMER.MSG.NEXT.{stream}.*",
+                f"$JS.ACK.{stream}.*.>",
+                f"$JS.ACK.*.*.{stream}.*.>",  # the form with a JetStream domain and account hash
+                f"$KV.{LEASE_BUCKET}.>",
+                f"{api}.STREAM.CREATE.{LEASE_STREAM}",
+                *_lease_reads(api),
                 *(inbox_prefix(asking) + ".>" for asking in ASKING_ROLES),
             ),
             subscribe=(f"{QUERY_SUBJECT_PREFIX}.>", "$SRV.>", inbox),
         )
-    return Permissions(publish=(f"{QUERY_SUBJECT_PREFIX}.>", stream_info, consumer_info), subscribe=(inbox,))
+    return Permissions(
+        publish=(f"{QUERY_SUBJECT_PREFIX}.>", stream_info, f"{api}.CONSUMER.INFO.{stream}.*", *_lease_reads(api)),
+        subscribe=(inbox,),
+    )
 
 
-def server_authorization(stream: str = "LOGS", consumer: str = "sink") -> str:
+def server_authorization(stream: str = "LOGS") -> str:
     """The ``authorization`` block for nats-server: every role's user, its password as a variable
     from the server's environment, its permissions. Anything not allowed is denied."""
     lines = ["authorization {", "  users = ["]
     for role in ROLES:
-        p = permissions(role, stream, consumer)
+        p = permissions(role, stream)
         publish, subscribe = json.dumps(list(p.publish)), json.dumps(list(p.subscribe))
         allowed = f"publish: {{ allow: {publish} }}, subscribe: {{ allow: {subscribe} }}"
         lines.append(f"    {{ user: {role}, password: ${password_variable(role)}, permissions: {{ {allowed} }} }}")

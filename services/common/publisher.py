@@ -4,29 +4,43 @@
 whole batch as core publishes in a few buffers, each message with its own reply subject, and one raw
 subscription collects the PubAcks: one round trip per batch. It runs on either NATS path (``natsio``).
 
-A batch whose duplicates JetStream dropped is followed by one receipt that counts them for the sink
-(``publish_counted``): ingest and the load generator both publish that way.
+A batch whose duplicates JetStream dropped is followed by a receipt that counts them for the sink
+(``publish_counted``), one per partition that has any, on that partition's receipt subject: ingest
+and the load generator both publish that way.
+
+The one retry rule (``retry_for``): what JetStream has not acknowledged (no answer during a stream
+leader election, a 503 status while no leader is known, a connection lost to a dying server) is
+sent again with the same ``Nats-Msg-Id`` until it is, or until the bound. The window survives a
+failover, so a message the old leader stored comes back as a duplicate: one whose earlier attempt got
+no answer is taken as stored by this batch, not counted as a duplicate (it was sent once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats.errors
 import orjson
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
-from logmesh.common.jetstream import MSG_ID_HEADER, RECEIPT_SUBJECT
+from logmesh.common.jetstream import MSG_ID_HEADER
 from logmesh.common.natsio import wire_io
+from logmesh.common.partitions import partition_of, receipt_subject
 
 STORED = 0
 DUPLICATE = 1
+# An attempt waits this long for its acks at most, so that what a dead leader never answers is sent
+# again soon; the first pause between attempts, doubled up to the last.
+_ATTEMPT_WAIT = 2.0
+_FIRST_PAUSE, _LAST_PAUSE = 0.05, 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +107,7 @@ class Prepared:
     # The reply subjects' common part, <inbox>.<batch number>: what an ack is matched to its batch by.
     key: bytes
     commands: list[Any]  # built by the publisher's NATS path, for its publish_many
+    messages: Sequence[Outgoing]  # what they say: a retry prepares the unacknowledged ones again
 
 
 class AckedPublisher:
@@ -115,20 +130,68 @@ class AckedPublisher:
             await self._sub.unsubscribe()
             self._sub = None
 
-    async def publish(self, messages: Sequence[Outgoing], timeout: float) -> BatchResult:
-        """Publishes every message and waits, at most ``timeout`` seconds, for every PubAck."""
-        return await self.send(self.prepare(messages), timeout)
+    async def publish(self, messages: Sequence[Outgoing], timeout: float, retry_for: float = 0.0) -> BatchResult:
+        """Publishes every message and waits, at most ``timeout`` seconds, for every PubAck; with
+        ``retry_for``, retries what is not acknowledged for that long (the module's retry rule)."""
+        return await self.send_until(self.prepare(messages), timeout, retry_for)
 
-    async def publish_counted(self, prepared: Prepared, topics: Sequence[str], timeout: float) -> Counted:
+    async def publish_counted(
+        self,
+        prepared: Prepared,
+        topics: Sequence[str],
+        timeout: float,
+        *,
+        partitions: int = 1,
+        retry_for: float = 0.0,
+    ) -> Counted:
         """Publishes a batch (``topics``: each message's topic) and, if JetStream dropped some of it as
-        duplicates, a receipt that counts them by topic, waiting for its ack too. A batch that is not
-        ``complete`` is to be sent again whole, with the same ids: what was stored comes back as
-        duplicates, counted by the new attempt's receipt."""
-        result = await self.send(prepared, timeout)
+        duplicates, the receipts that count them by topic (one per partition of ``partitions`` that has
+        any), waiting for their acks too; retries for ``retry_for`` seconds (the module's rule). A
+        batch that is still not ``complete`` is to be sent again whole, with the same ids: what was
+        stored comes back as duplicates, counted by the new attempt's receipts."""
+        started = time.monotonic()
+        result = await self.send_until(prepared, timeout, retry_for)
         duplicates = _duplicates_by_topic(topics, result)
         if not duplicates:
             return Counted(result)
-        return Counted(result, await self.publish([receipt_message(duplicates, len(prepared.commands))], timeout))
+        receipts = receipt_messages(duplicates, topics, partitions)
+        # The receipts get what is left of the bound, and at least one attempt.
+        left = max(0.05, retry_for - (time.monotonic() - started)) if retry_for > 0 else 0.0
+        return Counted(result, await self.publish(receipts, timeout, left))
+
+    async def send_until(self, prepared: Prepared, timeout: float, retry_for: float) -> BatchResult:
+        """Sends a prepared batch, waiting ``timeout`` for its acks. With ``retry_for`` > 0 it takes at
+        most that long in all: each attempt waits ``_ATTEMPT_WAIT`` at most (a dead leader never
+        answers: the retry should come soon), then what is not acknowledged is sent again."""
+        if retry_for <= 0:
+            return await self.send(prepared, timeout)
+        deadline = time.monotonic() + retry_for
+
+        def wait() -> float:
+            return max(0.05, min(timeout, _ATTEMPT_WAIT, deadline - time.monotonic()))
+
+        results = (await self._attempt(prepared, wait())).results
+        unanswered = [r is None for r in results]
+        pause = _FIRST_PAUSE
+        while time.monotonic() < deadline:
+            todo = [i for i, r in enumerate(results) if r != STORED and r != DUPLICATE]
+            if not todo:
+                break
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, _LAST_PAUSE)
+            again = await self._attempt(self.prepare([prepared.messages[i] for i in todo]), wait())
+            for i, r in zip(todo, again.results, strict=True):
+                # Already stored by an attempt whose ack never came: this batch's own copy.
+                results[i] = STORED if r == DUPLICATE and unanswered[i] else r
+                unanswered[i] = unanswered[i] or r is None
+        return BatchResult(results)
+
+    async def _attempt(self, prepared: Prepared, timeout: float) -> BatchResult:
+        try:
+            return await self.send(prepared, timeout)
+        except (nats.errors.Error, OSError):
+            # The connection went down mid-batch (its server died): part of it may have been sent.
+            return BatchResult([None] * len(prepared.commands))
 
     def prepare(self, messages: Sequence[Outgoing]) -> Prepared:
         """The wire commands of a batch, each with its own reply subject. Send a prepared batch once:
@@ -138,7 +201,7 @@ class AckedPublisher:
         commands = [
             hpub(m.subject.encode(), _id_header(m.msg_id), m.data, b"%s.%d" % (key, n)) for n, m in enumerate(messages)
         ]
-        return Prepared(key, commands)
+        return Prepared(key, commands, messages)
 
     async def send(self, prepared: Prepared, timeout: float) -> BatchResult:
         count = len(prepared.commands)
@@ -198,13 +261,30 @@ def _read_ack(headers: bytes | None, data: bytes) -> int | str:
     return DUPLICATE if ack.get("duplicate") else STORED
 
 
-def receipt_message(duplicates_by_topic: Counter[str], events: int) -> Outgoing:
-    """One receipt per batch of ``events`` events: the sink adds its counts to the window-duplicate
-    counters in the same transaction as the events, so the count is durable and survives restarts. Its
-    own unique id makes a resent receipt a duplicate that JetStream drops, and the sink counts each
-    stream message once. The batch size bounds what the sink believes of the counts."""
+def receipt_message(
+    duplicates_by_topic: Counter[str], events: int, partition: int = 0, partitions: int = 1
+) -> Outgoing:
+    """One receipt per batch of ``events`` events (per partition of a batch, the partition's share):
+    the sink adds its counts to the window-duplicate counters in the same transaction as the events,
+    so the count is durable and survives restarts. Its own unique id makes a resent receipt a
+    duplicate that JetStream drops, and the sink counts each stream message once. The batch size
+    bounds what the sink believes of the counts."""
     body = orjson.dumps({"events": events, "window_duplicates": dict(duplicates_by_topic)})
-    return Outgoing(RECEIPT_SUBJECT, body, "receipt:" + uuid.uuid4().hex)
+    return Outgoing(receipt_subject(partition, partitions), body, "receipt:" + uuid.uuid4().hex)
+
+
+def receipt_messages(duplicates_by_topic: Counter[str], topics: Sequence[str], partitions: int) -> list[Outgoing]:
+    """The receipts of a batch of events on ``topics``: one per partition that has duplicates, sent
+    to the sink that owns the partition, ``events`` being the partition's share of the batch."""
+    if partitions == 1:
+        return [receipt_message(duplicates_by_topic, len(topics))]
+    events: Counter[int] = Counter()
+    for topic, count in Counter(topics).items():  # per topic, not per event: a batch has few topics
+        events[partition_of(topic, partitions)] += count
+    split: dict[int, Counter[str]] = {}
+    for topic, count in duplicates_by_topic.items():
+        split.setdefault(partition_of(topic, partitions), Counter())[topic] = count
+    return [receipt_message(split[k], events[k], k, partitions) for k in sorted(split)]
 
 
 def _duplicates_by_topic(topics: Sequence[str], result: BatchResult) -> Counter[str]:

@@ -16,6 +16,7 @@ import string
 from collections.abc import Mapping
 from pathlib import Path
 
+from logmesh.common.nats_cluster import ROUTE_PASSWORD
 from logmesh.common.nats_roles import ROLES, password_secret, secret_variable
 
 log = logging.getLogger("logmesh")
@@ -27,13 +28,17 @@ QUERY_TOKEN = "query-token"
 MSG_ID_KEY = "msg-id-key"
 # Every secret of a deployment: the tokens, the message-id key, a NATS password per role.
 ALL_SECRETS = (INGEST_TOKEN, QUERY_TOKEN, MSG_ID_KEY, *(password_secret(role) for role in ROLES))
+# And of a NATS cluster: the password its routes log in with (``nats_cluster``).
+CLUSTER_SECRETS = (ROUTE_PASSWORD,)
 # 32 random bytes, URL-safe, after a letter: fits a header, a URL's userinfo and a nats-server
 # configuration variable (which nats-server parses as a value: "-x" or "123" would not be a string).
 _BYTES = 32
 
 
 # Every variable that may hold a secret: a child process gets only the ones meant for it.
-SECRET_VARIABLES = frozenset({secret_variable(name) for name in ALL_SECRETS} | {"LOGMESH_NATS_PASSWORD"})
+SECRET_VARIABLES = frozenset(
+    {secret_variable(name) for name in (*ALL_SECRETS, *CLUSTER_SECRETS)} | {"LOGMESH_NATS_PASSWORD"}
+)
 
 
 def without_secrets(env: Mapping[str, str]) -> dict[str, str]:

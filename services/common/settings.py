@@ -17,6 +17,7 @@ from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from logmesh.common.flags import SettingsError, allowed, choices, explain, flag_name, readable
+from logmesh.common.partitions import MAX_PARTITIONS
 
 __all__ = ["SettingsError", "flag_name"]
 
@@ -101,6 +102,12 @@ class StreamShape(StreamName):
     max_age: float = Field(7 * 86400.0, gt=0, description="seconds a message is kept in the stream")
     stream_max_bytes: int = Field(-1, ge=-1, description="stream size limit in bytes; -1 for none")
     replicas: int = Field(1, ge=1, le=5, description="stream replicas (clustered NATS only)")
+    stream_partitions: int = Field(
+        1,
+        ge=1,
+        le=MAX_PARTITIONS,
+        description="partitions of the stream, fixed when it is created (a stream of another number is refused)",
+    )
 
 
 class HttpAuth(LogmeshSettings):

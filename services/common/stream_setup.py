@@ -24,6 +24,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
+from logmesh.common.partitions import check_partitions, stream_transform
 from logmesh.common.settings import CommonSettings
 from logmesh.common.subjects import LOG_SUBJECTS, RECEIPT_SUBJECT
 
@@ -34,10 +35,18 @@ class StoppedWaiting(ConnectionError):
     """A stop was requested before NATS answered."""
 
 
+def stream_subjects(partitions: int) -> list[str]:
+    """With partitions, each partition's receipts have a subject of their own (``receipt_subject``)."""
+    if partitions == 1:
+        return [LOG_SUBJECTS, RECEIPT_SUBJECT]
+    return [LOG_SUBJECTS, RECEIPT_SUBJECT, f"{RECEIPT_SUBJECT}.*"]
+
+
 def stream_config(settings: CommonSettings) -> StreamConfig:
     return StreamConfig(
         name=settings.stream,
-        subjects=[LOG_SUBJECTS, RECEIPT_SUBJECT],
+        subjects=stream_subjects(settings.stream_partitions),
+        subject_transform=stream_transform(settings.stream_partitions),
         storage=StorageType.FILE,
         duplicate_window=settings.duplicate_window,
         max_age=settings.max_age,
@@ -62,7 +71,8 @@ def _differences(have: StreamConfig, want: StreamConfig) -> list[str]:
 async def ensure_stream(js: JetStreamContext, settings: CommonSettings, *, may_update: bool = True) -> StreamInfo:
     """Creates the stream, or updates the settings logmesh owns if they changed. A service may only
     create it (``nats_roles``): with ``may_update`` False a stream of another shape is left as it is,
-    and the log says what differs and who may change it."""
+    and the log says what differs and who may change it. A stream of another number of partitions
+    is refused (``PartitionsMismatch``), by the admin too: it is never re-partitioned in place."""
     if settings.duplicate_window > settings.max_age:
         raise ValueError("duplicate_window must not be longer than max_age")
     want = stream_config(settings)
@@ -74,6 +84,7 @@ async def ensure_stream(js: JetStreamContext, settings: CommonSettings, *, may_u
         except BadRequestError:
             # Another service created it first, perhaps with other settings: fall through to compare.
             info = await js.stream_info(settings.stream)
+    check_partitions(info.config, settings.stream_partitions)
     differences = _differences(info.config, want)
     if differences and may_update:
         log.info("updating stream %s to the configured settings: %s", settings.stream, "; ".join(differences))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
@@ -26,6 +27,7 @@ from logmesh.common.jetstream import NatsLink, log_subject, wait_for_stream
 from logmesh.common.model import Event, MsgIdKey
 from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.openapi import json_content, model_schema, responses
+from logmesh.common.partitions import PartitionsMismatch, partitions_of
 from logmesh.common.publisher import AckedPublisher, Outgoing
 from logmesh.ingest.body import check_content_type, parse_events, read_body
 from logmesh.ingest.settings import IngestSettings
@@ -66,8 +68,17 @@ class Ingest:
 
     openapi_paths = INGEST_PATHS
 
-    def __init__(self, settings: IngestSettings, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        settings: IngestSettings,
+        registry: CollectorRegistry,
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_refused`` hears why ingest will not publish (a stream of another number of partitions)."""
         self.settings = settings
+        self.partitions = 1
+        self.refused: str | None = None
+        self._on_refused = on_refused
         self._events = Counter(
             "logmesh_ingest_events_total",
             "Events ingest published, by JetStream's answer",
@@ -86,7 +97,16 @@ class Ingest:
         self._msg_ids = MsgIdKey(_msg_id_key(settings))
 
     async def _declare(self, nc: Client) -> None:
-        await wait_for_stream(nc.jetstream(), self.settings, may_update=False)
+        try:
+            info = await wait_for_stream(nc.jetstream(), self.settings, may_update=False)
+        except PartitionsMismatch as exc:
+            self.refused = str(exc)
+            log.error("%s", exc)
+            if self._on_refused is not None:
+                self._on_refused(self.refused)
+            return
+        # The receipts go to the partitions of the stream as it is, whoever created it.
+        self.partitions = partitions_of(info.config)
         self.publisher = AckedPublisher(nc)
         await self.publisher.start()
 
@@ -97,7 +117,13 @@ class Ingest:
         await self.link.stop()
 
     def _ready_publisher(self) -> tuple[Client, AckedPublisher]:
-        nc = self.link.client()
+        # A connection that is moving to another server is used all the same: the publish is retried
+        # until it is back (``publisher``'s rule), or answers 503 after the bound.
+        nc = self.link.nc
+        if nc is not None and nc.is_closed:
+            nc = None
+        if self.refused is not None:
+            raise ApiError(503, "unavailable", self.refused, headers=RETRY_AFTER)
         if nc is None or self.publisher is None:
             raise ApiError(503, "unavailable", "JetStream is not reachable; retry later", headers=RETRY_AFTER)
         return nc, self.publisher
@@ -118,8 +144,13 @@ class Ingest:
         if too_big:
             raise ApiError(422, "validation_error", "event(s) too large; nothing was published", details=too_big)
         try:
+            # Retried through a stream leader election, with the same ids, for publish_timeout at most.
             outcome = await publisher.publish_counted(
-                publisher.prepare(outgoing), [e.topic for e in events], s.publish_timeout
+                publisher.prepare(outgoing),
+                [e.topic for e in events],
+                s.publish_timeout,
+                partitions=self.partitions,
+                retry_for=s.publish_timeout,
             )
         except Exception as exc:  # connection lost mid-batch, outbound buffer full, ...
             raise ApiError(503, "unavailable", f"publishing failed: {exc}", headers=RETRY_AFTER) from exc
@@ -141,7 +172,9 @@ class Ingest:
     async def readiness(self) -> dict[str, Any]:
         nc = self.link.client()
         detail: dict[str, Any] = {"ok": False, "connected": nc is not None}
-        if nc is not None:
+        if self.refused is not None:
+            detail["error"] = self.refused
+        elif nc is not None:
             try:
                 info = await nc.jetstream().stream_info(self.settings.stream)
                 detail.update(ok=True, stream=info.config.name, messages=info.state.messages)
@@ -150,12 +183,16 @@ class Ingest:
         return {"jetstream": detail}
 
 
-def create_app(settings: IngestSettings, registry: CollectorRegistry | None = None) -> Starlette:
+def create_app(
+    settings: IngestSettings,
+    registry: CollectorRegistry | None = None,
+    on_refused: Callable[[str], None] | None = None,
+) -> Starlette:
     """The ingest app. It needs an ingest token unless ``--no-auth`` (else ``SettingsError``); a read
     token is optional: without one, its read routes (``/metrics``, ``/openapi.json``) answer 401."""
     auth = Authenticator.from_settings(settings, needs=[INGEST])
     registry = registry or CollectorRegistry()
-    return build_app("logmesh ingest", [Ingest(settings, registry)], registry, auth=auth)
+    return build_app("logmesh ingest", [Ingest(settings, registry, on_refused)], registry, auth=auth)
 
 
 def _msg_id_key(settings: IngestSettings) -> bytes:
