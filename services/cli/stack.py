@@ -131,6 +131,15 @@ class Stack:
             return [Member("nats", self.nats.url, pid)]
         return []
 
+    def _node_list(self) -> str:
+        """The nodes for the query's ``cluster_nodes``: name=url@pid."""
+        return ",".join(f"{m.name}={m.url}@{m.pid}" for m in self.members()) if self.cluster is not None else ""
+
+    def _node_restarted(self) -> None:
+        for part in self._parts:
+            if isinstance(part, Query):
+                part.known_nodes(self._node_list())
+
     async def start(self) -> None:
         """Claims the data directory and the HTTP port before starting anything (``claims.Refused``
         when either is taken), then starts NATS, the sink and HTTP."""
@@ -171,9 +180,10 @@ class Stack:
         ingest = IngestSettings(
             **http, **self.credentials("ingest").settings_fields(), msg_id_key=SecretStr(key) if key else None
         )
-        nodes = ",".join(f"{m.name}={m.url}@{m.pid}" for m in self.members()) if self.cluster is not None else ""
-        query = QuerySettings(**http, **self.credentials("query").settings_fields(), cluster_nodes=nodes)
+        query = QuerySettings(**http, **self.credentials("query").settings_fields(), cluster_nodes=self._node_list())
         self._parts, self._sink_metrics, app = _components(ingest, query, s.sink_metrics_host, self._auth)
+        if self.cluster is not None:
+            self.cluster.supervise(self._node_restarted)
         self._server, self._serving = await start_server(app, self._listener, s)
         self.http_url = f"{s.http_scheme}://{s.host}:{bound_port(self._server)}"
 

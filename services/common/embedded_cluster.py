@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,8 @@ class EmbeddedCluster:
         ]
         self.route_ports = [free_port(host) for _ in self.nodes]
         self.authorize(None, {}, None)
+        self._supervisors: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     @property
     def url(self) -> str:
@@ -84,7 +86,38 @@ class EmbeddedCluster:
             await self.stop()
             raise
 
+    def supervise(self, restarted: Callable[[], None]) -> None:
+        """Restarts a node that dies, as a service manager would: it rejoins the cluster and catches
+        up from its own store. ``restarted`` is called with the new process running."""
+        self._supervisors = [asyncio.create_task(self._supervise(i, restarted)) for i in range(len(self.nodes))]
+
+    async def _supervise(self, i: int, restarted: Callable[[], None]) -> None:
+        node, delay = self.nodes[i], 0.5
+        while not self._stopping:
+            process = node.process
+            if process is None:
+                return
+            code = await asyncio.to_thread(process.wait)
+            if self._stopping or node.process is not process:
+                return
+            log.error("nats-server %s exited with code %s; restarting it in %.1f s", server_name(i + 1), code, delay)
+            await asyncio.sleep(delay)
+            try:
+                await node.start()
+            except (RuntimeError, OSError) as exc:
+                log.error("nats-server %s did not restart: %s", server_name(i + 1), exc)
+                delay = min(delay * 2, 10.0)
+                continue
+            log.info("nats-server %s restarted (pid %s)", server_name(i + 1), node.process and node.process.pid)
+            delay = 0.5
+            restarted()
+
     async def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        for task in self._supervisors:
+            task.cancel()
+        if self._supervisors:
+            await asyncio.wait(self._supervisors)
         await asyncio.gather(*(node.stop(timeout) for node in self.nodes))
 
     def stop_sync(self, timeout: float = 10.0) -> None:

@@ -125,6 +125,10 @@ class Query:
         self.view = StatsView(self.asker, self.link.client, self.topology, settings.stream, settings.consumer, nodes)
         self.history = RateRecorder(self.view.summary)
 
+    def known_nodes(self, cluster_nodes: str) -> None:
+        """The nodes again, when their process ids changed (``logmesh up`` restarted one)."""
+        self.view.nodes = parse_cluster_nodes(cluster_nodes)
+
     async def start(self) -> None:
         await self.link.start()
         self.history.start()

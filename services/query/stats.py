@@ -66,7 +66,7 @@ class StatsView:
         self._client = client
         self._topology = topology
         self._stream, self._consumer = stream, consumer
-        self._nodes = nodes
+        self.nodes = nodes
         # The snapshot: the fields around the counters, and the counters' own fields (no braces).
         self._head = b""
         self._counters = memoryview(b"")
@@ -168,7 +168,7 @@ class StatsView:
             )
             for k, state in enumerate(self._partitions)
         ]
-        fields["cluster"] = cluster_state(stream, self._nodes)
+        fields["cluster"] = cluster_state(stream, self.nodes)
         fields["missing_partitions"] = sorted(missing)
         self._head = orjson.dumps(fields)[:-1] + b","
         self._taken, self._took = time.monotonic(), time.monotonic() - started
