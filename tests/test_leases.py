@@ -7,6 +7,8 @@ Authorization is off on this one-node server, as in test_partitioned_sink.py."""
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -140,3 +142,42 @@ def test_two_sinks_for_the_same_partitions_one_commits_and_a_kill_hands_over(
 
     # A graceful stop gives the leases up.
     wait_for(lambda: over_nats(url, leases) == [], 10, "the leases to be given up")
+
+
+@pytest.mark.slow
+def test_an_owner_frozen_past_its_lease_commits_nothing_when_it_wakes(
+    tmp_path: Path,
+    server: NatsServer,  # noqa: F811
+    service: Callable[..., Service],
+) -> None:
+    """SIGSTOP stands for a long pause (GC, swap, a stalled VM): the standby takes over meanwhile,
+    and the old owner, woken, finds its lease invalid and stops without committing or acking."""
+    url = server.url
+    create_partitioned_stream(url)
+    early = [event(t, f"c{i}") for i, t in enumerate(ALL_TOPICS * 5)]  # 60
+    publish(url, natively(early))
+    a = service(sink_args(url, tmp_path / "a", "--sink-name", "a", "--lease-ttl", "1"), name="a")
+    wait_for(lambda: settled(url, 60), 60, "sink a to commit")
+    args = ["--sink-name", "b", "--lease-ttl", "1", "--partitions", "", "--standby", "0,1,2,3"]
+    b = service(sink_args(url, tmp_path / "b", *args), name="b")
+    wait_for(lambda: "standby 0,1,2,3" in b.log(), 30, "sink b to start")
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGSTOP)
+    late = [event(t, f"d{i}") for i, t in enumerate(ALL_TOPICS * 5)]
+    publish(url, natively(late))
+    # The frozen owner still holds its share of the partitions' query subjects: ask JetStream instead.
+    ready = re.compile(r"partition \d of 4 ready: stream LOGS, consumer (sink-p\d-[0-9a-f]+)")
+    consumers = wait_for(lambda: len(found := ready.findall(b.log())) == P and found, 30, "sink b to take over")
+
+    async def drained(nc: Client) -> bool:
+        infos = [await nc.jetstream().consumer_info("LOGS", name) for name in consumers]
+        return all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos)
+
+    wait_for(lambda: over_nats(url, drained), 30, "sink b to commit everything")
+    a.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: a.log().count("lease lost") + a.log().count("no longer valid") >= P, 30, "a to stop its pipelines")
+    assert sum(s["unique_processed"] for s in wait_for(lambda: settled(url, 120), 30, "b alone").values()) == 120
+    assert a.stop() == 0 and b.stop() == 0
+    for k in range(P):
+        kept = {key for key in file_rows(partitions.store_file(tmp_path / "a", k, P))["events"]}
+        assert kept == {(e["topic"], e["event_id"]) for e in early if partitions.partition_of(e["topic"], P) == k}
