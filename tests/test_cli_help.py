@@ -56,6 +56,7 @@ FLAGS = {
     "sink": {"--nats-url", "--nats-io", "--stream", "--data-dir", "--metrics-host", "--metrics-port", "--consumer"}
     | {"--decoder", "--batch-size", "--linger", "--poison-after", "--ack-wait", "--max-ack-pending"}
     | {"--memory-limit", "--db-threads", "--checkpoint-threshold"}
+    | {"--partitions", "--standby", "--sink-name", "--lease-ttl"}
     | NATS_AUTH
     | LOGGING
     | STREAM_SHAPE,

@@ -80,12 +80,15 @@ def sink_command(args: argparse.Namespace) -> int:
         # Under ``logmesh up`` the parent holds the data directory; any other holder is refused.
         whole = lock_data_dir(settings.data_dir, "logmesh sink", parent_may_hold=True)
         claims += [whole] if whole is not None else []
-        claims.append(lock_store(settings.data_dir, settings.db_path, "logmesh sink"))
+        if whole is not None:
+            # A standalone sink owns the directory, store included. Under ``logmesh up`` several sinks
+            # may share it: each claims the store files it serves (one lock per partition file).
+            claims.append(lock_store(settings.data_dir, settings.db_path, "logmesh sink"))
     except Refused as exc:
         _release(claims)
         return refuse("sink", exc)
 
-    from logmesh.sink.service import Sink
+    from logmesh.sink.service import Sink, SinkRefused
 
     # A file-size limit (ulimit -f) then fails the write with an error the sink reports and retries,
     # as it does for a full disk, instead of killing the process.
@@ -93,9 +96,12 @@ def sink_command(args: argparse.Namespace) -> int:
 
     async def main(stopping: asyncio.Event) -> int:
         try:
-            await Sink(settings).run(stopping)
+            await Sink(settings, claimed=[claim.path for claim in claims]).run(stopping)
         except StoppedWaiting as exc:
             log.info("%s", exc)
+        except SinkRefused as exc:
+            refuse("sink", exc)
+            return 2
         return 0
 
     try:

@@ -16,11 +16,34 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from logmesh.common.jetstream import RECEIPT_SUBJECT
+from logmesh.common import partitions
+from logmesh.common.jetstream import LOG_SUBJECT_PREFIX
 from logmesh.common.reference_decoder import Rejected, Row, decode_message, decode_receipt
 from logmesh.common.wire import Delivery, WireMsg, parse_headers
 from logmesh.sink.arrow import rows_table
 from logmesh.sink.seqranges import SeqRanges
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSubjects:
+    """How one partition's messages are stored: events under ``prefix`` + topic (``logs.`` with one
+    partition, ``<k>.logs.`` with several), receipts on ``receipt``."""
+
+    prefix: str = LOG_SUBJECT_PREFIX
+    receipt: str = partitions.receipt_subject(0, 1)
+
+    @classmethod
+    def of(cls, partition: int, count: int) -> StoredSubjects:
+        return cls(partitions.stored_subject_prefix(partition, count), partitions.receipt_subject(partition, count))
+
+    def public(self, stored: str) -> str:
+        """The subject a publisher used (``logs.<topic>``) for a stored one; any other unchanged."""
+        if self.prefix == LOG_SUBJECT_PREFIX or not stored.startswith(self.prefix):
+            return stored
+        return LOG_SUBJECT_PREFIX + stored[len(self.prefix) :]
+
+
+SINGLE = StoredSubjects()
 
 
 @dataclass(slots=True)
@@ -80,16 +103,20 @@ def first_deliveries(seqs: pa.Array, committed: SeqRanges) -> pa.BooleanArray:
     return new
 
 
-def decode_with_reference(msgs: Sequence[WireMsg], positions: Iterable[int], stream_epoch: int) -> Decoded:
-    """Runs the reference decoder on the messages at ``positions`` (first deliveries only)."""
+def decode_with_reference(
+    msgs: Sequence[WireMsg], positions: Iterable[int], stream_epoch: int, subjects: StoredSubjects = SINGLE
+) -> Decoded:
+    """Runs the reference decoder on the messages at ``positions`` (first deliveries only). It reads
+    the public subject: dead letters show it too."""
     out = Decoded()
     for i in positions:
         raw_subject, reply, block, body = msgs[i]
-        subject = raw_subject.decode("utf-8", "replace")
+        stored = raw_subject.decode("utf-8", "replace")
+        subject = subjects.public(stored)
         headers = parse_headers(block)
         delivery = Delivery.from_reply(reply)
         try:
-            if subject == RECEIPT_SUBJECT:
+            if stored == subjects.receipt:
                 out.window_duplicates.update(decode_receipt(body))
             else:
                 out.rows.append(decode_message(subject, headers, body, delivery, stream_epoch))
@@ -105,9 +132,12 @@ def decode_with_reference(msgs: Sequence[WireMsg], positions: Iterable[int], str
 class ReferenceDecoder:
     """The reference decoder for every message: slower, and the standard the SQL decoder is held to."""
 
+    def __init__(self, subjects: StoredSubjects = SINGLE) -> None:
+        self._subjects = subjects
+
     def decode(self, msgs: Sequence[WireMsg], committed: SeqRanges, stream_epoch: int) -> DecodedBatch:
         seqs, new = _first_deliveries(msgs, committed)
-        decoded = decode_with_reference(msgs, new, stream_epoch)
+        decoded = decode_with_reference(msgs, new, stream_epoch, self._subjects)
         return DecodedBatch(
             rows_table(decoded.rows),
             decoded.dead_letters,
@@ -120,14 +150,17 @@ class ReferenceDecoder:
         pass
 
 
-def refuse(msgs: Sequence[WireMsg], committed: SeqRanges, reason: str) -> DecodedBatch:
+def refuse(
+    msgs: Sequence[WireMsg], committed: SeqRanges, reason: str, subjects: StoredSubjects = SINGLE
+) -> DecodedBatch:
     """Every first delivery of ``msgs`` kept as a dead letter with ``reason``, undecoded: for a message
     that stopped the sink while it was being decoded, or that the store refuses."""
     seqs, new = _first_deliveries(msgs, committed)
     dead = {}
     for i in new:
         raw_subject, _, block, body = msgs[i]
-        dead[i] = DeadLetter(seqs[i], raw_subject.decode("utf-8", "replace"), reason, parse_headers(block), body)
+        subject = subjects.public(raw_subject.decode("utf-8", "replace"))
+        dead[i] = DeadLetter(seqs[i], subject, reason, parse_headers(block), body)
     return DecodedBatch(rows_table([]), dead, Counter(), [seqs[i] for i in new], len(msgs) - len(new))
 
 

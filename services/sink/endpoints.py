@@ -137,8 +137,13 @@ def _first_error(exc: ValidationError) -> str:
 
 
 async def start_query_service(
-    nc: Client, handlers: QueryHandlers, version: str
+    nc: Client,
+    handlers: QueryHandlers,
+    version: str,
+    prefix: str = QUERY_SUBJECT_PREFIX,
+    metadata: dict[str, str] | None = None,
 ) -> tuple[Service, set[asyncio.Task[None]]]:
+    """Serves ``handlers`` on ``<prefix>.<endpoint>``: one instance per partition, ``metadata`` naming it."""
     pending: set[asyncio.Task[None]] = set()
     latest = _CountersJson()
 
@@ -167,6 +172,7 @@ async def start_query_service(
             name=SINK_SERVICE_NAME,
             version=version,
             description="logmesh sink: counters, events and dead letters from DuckDB",
+            metadata=metadata,
         ),
     )
     endpoints: list[tuple[str, Handler]] = [
@@ -178,5 +184,5 @@ async def start_query_service(
         ("dead_letters", _endpoint(nc, DeadLettersQuery, read(handlers.list_dead_letters), pending)),
     ]
     for name, handler in endpoints:
-        await service.add_endpoint(EndpointConfig(name=name, subject=f"{QUERY_SUBJECT_PREFIX}.{name}", handler=handler))
+        await service.add_endpoint(EndpointConfig(name=name, subject=f"{prefix}.{name}", handler=handler))
     return service, pending

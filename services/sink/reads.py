@@ -22,6 +22,7 @@ from logmesh.common.query_contract import (
     EventQuery,
     EventsQuery,
     page,
+    parts,
 )
 
 _EVENT_COLUMNS = 'id, topic, event_id, "timestamp", source, payload, seq, stored_at'
@@ -50,6 +51,14 @@ def _after(after: int, newest_first: bool) -> tuple[str, list[Any]]:
     return ("id < ?" if newest_first else "id > ?"), [after]
 
 
+def _part(rows: list[Any], limit: int, item: Any, seq_at: int) -> bytes:
+    """A partition's part of a merged page. ``rows`` were fetched with one row more than ``limit``:
+    ``more`` is exact, whether the page was cut by its length or by PAGE_BYTES."""
+    more = len(rows) > limit or (bool(rows) and rows[-1][-1] > len(rows))
+    kept = rows[:limit]
+    return parts([(int(row[0]), int(row[seq_at]), item(*row[:-1])) for row in kept], more)
+
+
 def _next_cursor(rows: list[Any], limit: int) -> int | None:
     """The last id, unless this page holds the last rows: it is full, or was cut by size."""
     if rows and (len(rows) == limit or rows[-1][-1] > len(rows)):
@@ -75,7 +84,9 @@ class Reader:
             where += " AND topic = ?"
             params.append(q.topic)
         sql = _page_sql(_EVENT_COLUMNS, "events", where, q.newest_first, _EVENT_BYTES)
-        rows = self._reader().execute(sql, [*params, q.limit]).fetchall()
+        rows = self._reader().execute(sql, [*params, q.limit + q.parts]).fetchall()
+        if q.parts:
+            return _part(rows, q.limit, _event_json, 6)
         return page("events", [_event_json(*row[:-1]) for row in rows], _next_cursor(rows, q.limit))
 
     def get_event(self, q: EventQuery) -> bytes | None:
@@ -93,7 +104,9 @@ class Reader:
     def list_dead_letters(self, q: DeadLettersQuery) -> bytes:
         where, params = _after(q.after, q.newest_first)
         sql = _page_sql(_LETTER_COLUMNS, "dead_letters", where, q.newest_first, _LETTER_BYTES)
-        rows = self._reader().execute(sql, [*params, q.limit]).fetchall()
+        rows = self._reader().execute(sql, [*params, q.limit + q.parts]).fetchall()
+        if q.parts:
+            return _part(rows, q.limit, _letter_json, 1)
         return page("dead_letters", [_letter_json(*row[:-1]) for row in rows], _next_cursor(rows, q.limit))
 
 

@@ -20,6 +20,7 @@ as on the store's connection (a 20,000-message batch: see the commit that made i
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -38,10 +39,11 @@ from logmesh.common.model import (
 )
 from logmesh.common.wire import WireMsg
 from logmesh.sink.arrow import CANDIDATE_SCHEMA, rows_table
-from logmesh.sink.decoding import DecodedBatch, decode_with_reference, first_deliveries
+from logmesh.sink.decoding import SINGLE, DecodedBatch, StoredSubjects, decode_with_reference, first_deliveries
 from logmesh.sink.seqranges import SeqRanges
 
 assert "'" not in TOPIC_PATTERN + MAC_CHAR_CLASS + KEYED_MARK  # formatted into SQL string literals
+_PREFIX = re.compile(r"(\d+\.)?logs\.")  # a stored subject's prefix, formatted into a literal too
 
 # What comes before the id in the header block a publisher writes ("\r\n\r\n" ends it).
 _BEFORE_ID = len("NATS/1.0\r\nNats-Msg-Id: ")
@@ -65,12 +67,12 @@ WITH raw AS (
         -- $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>..., or with <domain>.<hash> after ACK
         CAST(CASE WHEN len(string_split(reply, '.')) = 9 THEN split_part(reply, '.', 6)
                   ELSE split_part(reply, '.', 8) END AS UBIGINT) AS seq,
-        substr(subject, 6) AS topic
+        substr(subject, {{topic_at}}) AS topic
     FROM raw
 ), parsed AS (
     SELECT
         *,
-        CASE WHEN starts_with(subject, 'logs.') AND starts_with(text, '{{')
+        CASE WHEN starts_with(subject, '{{prefix}}') AND starts_with(text, '{{')
                   -- Deep nesting is the reference decoder's to refuse; NaN and Infinity DuckDB would
                   -- write back as it read them.
                   AND strlen(text) - strlen(replace(replace(text, '{{', ''), '[', '')) <= 32
@@ -154,16 +156,21 @@ class SqlDecoder:
     """Decodes a batch with one DuckDB query and the reference decoder for what the query leaves. Used
     from one thread at a time."""
 
-    def __init__(self, *, memory_limit: str, threads: int) -> None:
+    def __init__(self, *, memory_limit: str, threads: int, subjects: StoredSubjects = SINGLE) -> None:
         self._db = duckdb.connect(config={"memory_limit": memory_limit, "threads": threads})
-        [self._statement] = duckdb.extract_statements(_DECODE_SQL)
+        if not _PREFIX.fullmatch(subjects.prefix):
+            raise ValueError(f"{subjects.prefix!r} is not a stored subject prefix")
+        self._subjects = subjects
+        # The stored subject's prefix is a constant of the query: no work per message.
+        sql = _DECODE_SQL.replace("{prefix}", subjects.prefix).replace("{topic_at}", str(len(subjects.prefix) + 1))
+        [self._statement] = duckdb.extract_statements(sql)
 
     def decode(self, msgs: Sequence[WireMsg], committed: SeqRanges, stream_epoch: int) -> DecodedBatch:
         decoded = self.query(msgs)
         new = first_deliveries(decoded["seq"], committed)
         fast = pc.and_(new, decoded["fast"])
         slow_positions = pc.filter(decoded["i"], pc.and_(new, pc.invert(fast))).to_pylist()
-        slow = decode_with_reference(msgs, slow_positions, stream_epoch)
+        slow = decode_with_reference(msgs, slow_positions, stream_epoch, self._subjects)
         candidates = pa.concat_tables(
             [decoded.filter(fast).select(CANDIDATE_SCHEMA.names).cast(CANDIDATE_SCHEMA), rows_table(slow.rows)]
         )

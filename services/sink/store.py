@@ -41,6 +41,8 @@ class StoreState:
     counters: Counters
     committed: SeqRanges
     stream_epoch: str | None
+    # The random id a partition's file gets when it first reads the stream: its consumer is named after it.
+    file_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,15 +122,20 @@ class Store:
         counters = Counters(received, unique, window, store_dups, invalid, topics)
         ranges = SeqRanges(run("SELECT lo, hi FROM committed_seqs"))
         epoch = run("SELECT value FROM meta WHERE key = 'stream_epoch'")
+        file_id = run("SELECT value FROM meta WHERE key = 'file_id'")
         self._next_id = run("SELECT coalesce(max(id), 0) + 1 FROM events")[0][0]
         self._next_dead_id = run("SELECT coalesce(max(id), 0) + 1 FROM dead_letters")[0][0]
-        return StoreState(counters, ranges, epoch[0][0] if epoch else None)
+        return StoreState(counters, ranges, epoch[0][0] if epoch else None, file_id[0][0] if file_id else None)
 
     def set_stream_epoch(self, epoch: str) -> None:
         """A new stream starts its sequences again at 1: forget the sequences of the old one."""
         with self._transaction():
             self._run("DELETE FROM committed_seqs")
             self._run("INSERT OR REPLACE INTO meta VALUES ('stream_epoch', ?)", [epoch])
+
+    def set_file_id(self, file_id: str) -> None:
+        with self._transaction():
+            self._run("INSERT OR REPLACE INTO meta VALUES ('file_id', ?)", [file_id])
 
     def probe(self) -> None:
         """A small committed write: raises when the store cannot take writes."""

@@ -8,12 +8,13 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from typing import TypeVar
 
 from logmesh.common.failpoints import Failpoints
 from logmesh.common.wire import WireMsg
 from logmesh.sink.counters import Counters
-from logmesh.sink.decoding import BatchDecoder, DecodedBatch, ReferenceDecoder, refuse
+from logmesh.sink.decoding import SINGLE, BatchDecoder, DecodedBatch, ReferenceDecoder, StoredSubjects, refuse
 from logmesh.sink.seqranges import SeqRanges
 from logmesh.sink.settings import SinkSettings
 from logmesh.sink.sql_decoder import SqlDecoder
@@ -24,8 +25,16 @@ T = TypeVar("T")
 
 
 class Writer:
-    def __init__(self, settings: SinkSettings, failpoints: Failpoints) -> None:
+    def __init__(
+        self,
+        settings: SinkSettings,
+        failpoints: Failpoints,
+        path: Path | None = None,
+        subjects: StoredSubjects = SINGLE,
+    ) -> None:
         self._settings = settings
+        self._path = path or settings.db_path
+        self._subjects = subjects
         self.failpoints = failpoints
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-writer")
         self._store: Store | None = None
@@ -34,6 +43,7 @@ class Writer:
         self.counters = Counters()
         self.committed = SeqRanges()
         self.stream_epoch: str | None = None
+        self.file_id: str | None = None
         # Seconds since the epoch of the stream's creation, part of the ids of plain lines without one.
         self.stream_epoch_id = 0
 
@@ -52,7 +62,7 @@ class Writer:
         def _open() -> Store:
             s = self._settings
             store = Store(
-                s.db_path,
+                self._path,
                 memory_limit=s.memory_limit,
                 checkpoint_threshold=s.checkpoint_threshold,
                 threads=s.db_threads,
@@ -64,11 +74,12 @@ class Writer:
                 store.close()
                 raise
             self.counters, self.committed, self.stream_epoch = state.counters, state.committed, state.stream_epoch
+            self.file_id = state.file_id
             # A fresh decoder with each store: after a failure, neither keeps a connection in a bad state.
             self._decoder = (
-                SqlDecoder(memory_limit=s.memory_limit, threads=s.db_threads)
+                SqlDecoder(memory_limit=s.memory_limit, threads=s.db_threads, subjects=self._subjects)
                 if s.decoder == "sql"
-                else ReferenceDecoder()
+                else ReferenceDecoder(self._subjects)
             )
             return store
 
@@ -93,6 +104,10 @@ class Writer:
             self.committed = SeqRanges()
             self.stream_epoch = epoch
 
+    async def set_file_id(self, file_id: str) -> None:
+        await self._run(lambda: self.store.set_file_id(file_id))
+        self.file_id = file_id
+
     async def commit(self, msgs: list[WireMsg]) -> CommitResult:
         """Decodes and stores a batch."""
         epoch = self.stream_epoch_id
@@ -100,7 +115,7 @@ class Writer:
 
     async def refuse(self, msgs: list[WireMsg], reason: str) -> CommitResult:
         """Keeps every new message of a batch as a dead letter with ``reason``, undecoded."""
-        return await self._write(lambda committed: refuse(msgs, committed, reason))
+        return await self._write(lambda committed: refuse(msgs, committed, reason, self._subjects))
 
     async def _write(self, decode: Callable[[SeqRanges], DecodedBatch]) -> CommitResult:
         counters, committed = self.counters, self.committed

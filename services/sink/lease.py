@@ -1,0 +1,148 @@
+"""Partition ownership: a lease per partition in the KV bucket ``LOGMESH_LEASES``.
+
+The bucket keeps one revision per key (``p<k>``) and forgets a key a TTL after its last write (the
+bucket's ``max_age``). A sink acquires a lease with ``create`` (refused while another holds it) and
+renews it every third of the TTL with a compare-and-set ``update``; a refused renewal means the lease
+is lost. A time-based lease does not fence by itself, so the holder trusts it only until
+``valid_until`` = the time the last successful renewal was SENT + 0.8 TTL: the server wrote it later,
+so the key outlives that by at least a fifth of the TTL, and a standby waits a further whole TTL of
+absence before it tries. The sink commits and acks only while :meth:`Lease.valid`.
+
+The bucket is declared create-only (a sink never changes it); its TTL is the bucket's, whatever a sink
+was configured with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+import nats
+import orjson
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+log = logging.getLogger("logmesh.sink")
+
+LEASE_BUCKET = "LOGMESH_LEASES"
+# valid_until = last renewal sent + VALIDITY * TTL
+VALIDITY = 0.8
+
+
+def lease_key(partition: int) -> str:
+    return f"p{partition}"
+
+
+async def ensure_lease_bucket(js: JetStreamContext, ttl: float, replicas: int) -> KeyValue:
+    """The lease bucket, created if missing (history 1, max_age ``ttl``); an existing one is used as it is."""
+    try:
+        return await js.key_value(LEASE_BUCKET)
+    except BucketNotFoundError:
+        pass
+    config = KeyValueConfig(bucket=LEASE_BUCKET, history=1, ttl=ttl, replicas=replicas, storage=StorageType.FILE)
+    try:
+        return await js.create_key_value(config)
+    except BadRequestError:  # created meanwhile by another sink, perhaps with another TTL
+        return await js.key_value(LEASE_BUCKET)
+
+
+async def bucket_ttl(kv: KeyValue) -> float | None:
+    return (await kv.status()).ttl
+
+
+class Lease:
+    """One partition's lease as this sink sees it. Calls time out after a third of the TTL: a renewal
+    that hangs must not outlast the validity it is meant to extend."""
+
+    def __init__(self, kv: KeyValue, partition: int, owner: dict[str, object], ttl: float) -> None:
+        self._kv = kv
+        self.partition = partition
+        self.key = lease_key(partition)
+        self.ttl = ttl
+        self._owner = owner
+        self._value = b""
+        self.revision: int | None = None
+        self.valid_until = 0.0
+        self._last_attempt = 0.0
+
+    @property
+    def held(self) -> bool:
+        return self.revision is not None
+
+    def valid(self) -> bool:
+        return self.revision is not None and time.monotonic() < self.valid_until
+
+    async def acquire(self) -> bool:
+        """True when this sink now holds the lease; False while another does."""
+        self._value = orjson.dumps({**self._owner, "since": datetime.now(UTC).isoformat()})
+        sent = time.monotonic()
+        try:
+            revision = await asyncio.wait_for(self._kv.create(self.key, self._value), self.ttl / 3)
+        except KeyWrongLastSequenceError:
+            return False
+        self._granted(revision, sent)
+        return True
+
+    async def renew(self) -> bool:
+        """False when the lease is lost (another revision is there, or none). A renewal NATS does not
+        answer is not a loss: validity simply runs on from the last one that was answered."""
+        assert self.revision is not None, "renewing a lease not held"
+        sent = self._last_attempt = time.monotonic()
+        try:
+            revision = await asyncio.wait_for(self._kv.update(self.key, self._value, last=self.revision), self.ttl / 3)
+        except KeyWrongLastSequenceError:
+            return await self._still_ours()
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.warning("lease %s not renewed (%s): valid for %.1f s more", self.key, exc, self.remaining)
+            return True
+        self._granted(revision, sent)
+        return True
+
+    async def _still_ours(self) -> bool:
+        """A renewal that timed out may have been written all the same: then the key holds exactly our
+        value, at a revision we did not hear of, written after the attempt was sent."""
+        try:
+            entry = await asyncio.wait_for(self._kv.get(self.key), self.ttl / 3)
+        except KeyNotFoundError:
+            entry = None
+        except (TimeoutError, nats.errors.Error):
+            return True  # cannot tell yet: the next renewal asks again, validity runs on meanwhile
+        if entry is not None and entry.value == self._value and entry.revision is not None:
+            self._granted(entry.revision, self._last_attempt)
+            return True
+        self.lost()
+        return False
+
+    def _granted(self, revision: int, sent: float) -> None:
+        self.revision = revision
+        self.valid_until = sent + VALIDITY * self.ttl
+
+    def lost(self) -> None:
+        self.revision = None
+        self.valid_until = 0.0
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.valid_until - time.monotonic())
+
+    async def release(self) -> None:
+        """Gives the lease up on a graceful stop (best effort: it expires by itself otherwise)."""
+        revision, self.revision, self.valid_until = self.revision, None, 0.0
+        if revision is None:
+            return
+        try:
+            await asyncio.wait_for(self._kv.delete(self.key, last=revision), self.ttl / 3)
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.info("lease %s not released (%s): it expires by itself", self.key, exc)
+
+    async def absent(self) -> bool:
+        """True when nobody holds the lease now."""
+        try:
+            await asyncio.wait_for(self._kv.get(self.key), self.ttl / 3)
+        except KeyNotFoundError:
+            return True
+        return False
