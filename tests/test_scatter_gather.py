@@ -84,7 +84,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nats]:
         Path(tmp_path_factory.mktemp("scatter")) / "nats",
         port=0,
         owner="the tests",
-        config=server_authorization(consumer="*"),
+        config=server_authorization(),
         env={password_variable(role): pw for role, pw in passwords.items()},
     )
     server.start_sync()
