@@ -16,7 +16,7 @@ from nats.aio.client import Client
 
 from logmesh.cli.sink_children import sink_roles
 from logmesh.common.jetstream import ensure_stream
-from logmesh.common.leases_bucket import LEASE_BUCKET
+from logmesh.common.leases_bucket import DEFAULT_LEASE_TTL, LEASE_BUCKET
 from logmesh.common.partitions import PartitionsMismatch, partition_of, receipt_subject, stream_transform
 from logmesh.common.processes import children
 from logmesh.common.settings import ServiceSettings
@@ -56,7 +56,7 @@ def test_the_cluster_starts_with_an_r3_partitioned_stream_and_stops_whole(make_u
         return await (await nc.jetstream().key_value(LEASE_BUCKET)).status()
 
     leases = over_nats(up.nats_url, bucket)
-    assert leases.ttl == pytest.approx(3.0) and leases.history == 1
+    assert leases.ttl == pytest.approx(DEFAULT_LEASE_TTL) and leases.history == 1
     assert leases.stream_info.config.num_replicas == 3
     assert up.service.proc is not None
     started = [n.pid for n in nodes] + children(up.service.proc.pid)

@@ -17,7 +17,8 @@ import pytest
 from nats.aio.client import Client
 
 from logmesh.common import partitions
-from logmesh.sink.lease import LEASE_BUCKET, VALIDITY, Lease, bucket_ttl, ensure_lease_bucket, lease_key
+from logmesh.common.leases_bucket import LEASE_BUCKET, ensure_lease_bucket, lease_key
+from logmesh.sink.lease import VALIDITY, Lease, bucket_ttl
 from tests.harness import NatsServer, Service, over_nats, wait_for
 from tests.test_partitioned_sink import (
     ALL_TOPICS,

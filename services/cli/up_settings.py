@@ -39,7 +39,7 @@ class UpSettings(CommonSettings, DataDir, HttpListen, EmbeddedNatsPort, UpSecret
     )
     sinks: int = Field(1, ge=1, le=MAX_SINKS, description="sink processes sharing the partitions")
     lease_ttl: float = Field(
-        DEFAULT_LEASE_TTL, gt=0, le=60, description="seconds a sink's lease on a partition lasts unless renewed"
+        DEFAULT_LEASE_TTL, ge=1, le=600, description="seconds a sink's lease on a partition lasts unless renewed"
     )
 
     @model_validator(mode="before")

@@ -19,7 +19,9 @@ log = logging.getLogger("logmesh.nats")
 LEASE_BUCKET = "LOGMESH_LEASES"
 # The stream nats-server keeps the bucket in (what the NATS permissions name).
 LEASE_STREAM = f"KV_{LEASE_BUCKET}"
-DEFAULT_LEASE_TTL = 3.0
+# A sink's partitions go to a standby about two TTLs after it dies; the holder trusts its lease for
+# 0.8 TTL after each renewal it sends (every third of the TTL), which a loaded event loop must not miss.
+DEFAULT_LEASE_TTL = 5.0
 
 
 def lease_key(partition: int) -> str:

@@ -24,7 +24,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
-from logmesh.common.partitions import check_partitions, stream_transform
+from logmesh.common.partitions import check_partitions, partitions_of, stream_transform
 from logmesh.common.settings import CommonSettings
 from logmesh.common.subjects import LOG_SUBJECTS, RECEIPT_SUBJECT
 
@@ -72,7 +72,8 @@ async def ensure_stream(js: JetStreamContext, settings: CommonSettings, *, may_u
     """Creates the stream, or updates the settings logmesh owns if they changed. A service may only
     create it (``nats_roles``): with ``may_update`` False a stream of another shape is left as it is,
     and the log says what differs and who may change it. A stream of another number of partitions
-    is refused (``PartitionsMismatch``), by the admin too: it is never re-partitioned in place."""
+    is refused (``PartitionsMismatch``), by the admin too: it is never re-partitioned in place. A
+    service not told the number (``--stream-partitions`` unset) takes the stream's."""
     if settings.duplicate_window > settings.max_age:
         raise ValueError("duplicate_window must not be longer than max_age")
     want = stream_config(settings)
@@ -84,7 +85,11 @@ async def ensure_stream(js: JetStreamContext, settings: CommonSettings, *, may_u
         except BadRequestError:
             # Another service created it first, perhaps with other settings: fall through to compare.
             info = await js.stream_info(settings.stream)
-    check_partitions(info.config, settings.stream_partitions)
+    if "stream_partitions" in settings.model_fields_set:
+        check_partitions(info.config, settings.stream_partitions)
+    elif (found := partitions_of(info.config)) != settings.stream_partitions:
+        # Not configured here: the stream's own number of partitions, which nothing changes in place.
+        want = stream_config(settings.model_copy(update={"stream_partitions": found}))
     differences = _differences(info.config, want)
     if differences and may_update:
         log.info("updating stream %s to the configured settings: %s", settings.stream, "; ".join(differences))

@@ -21,33 +21,15 @@ from datetime import UTC, datetime
 
 import nats
 import orjson
-from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+
+from logmesh.common.leases_bucket import lease_key
 
 log = logging.getLogger("logmesh.sink")
 
-LEASE_BUCKET = "LOGMESH_LEASES"
 # valid_until = last renewal sent + VALIDITY * TTL
 VALIDITY = 0.8
-
-
-def lease_key(partition: int) -> str:
-    return f"p{partition}"
-
-
-async def ensure_lease_bucket(js: JetStreamContext, ttl: float, replicas: int) -> KeyValue:
-    """The lease bucket, created if missing (history 1, max_age ``ttl``); an existing one is used as it is."""
-    try:
-        return await js.key_value(LEASE_BUCKET)
-    except BucketNotFoundError:
-        pass
-    config = KeyValueConfig(bucket=LEASE_BUCKET, history=1, ttl=ttl, replicas=replicas, storage=StorageType.FILE)
-    try:
-        return await js.create_key_value(config)
-    except BadRequestError:  # created meanwhile by another sink, perhaps with another TTL
-        return await js.key_value(LEASE_BUCKET)
 
 
 async def bucket_ttl(kv: KeyValue) -> float | None:

@@ -18,9 +18,10 @@ from nats.js.api import StreamInfo
 
 from logmesh.common.claims import DirLock, Refused
 from logmesh.common.jetstream import close, connect, wait_for_stream
+from logmesh.common.leases_bucket import ensure_lease_bucket
 from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.partitions import PartitionsMismatch, partitions_of
-from logmesh.sink.lease import bucket_ttl, ensure_lease_bucket
+from logmesh.sink.lease import bucket_ttl
 from logmesh.sink.metrics import SinkMetrics
 from logmesh.sink.ownership import Ownership
 from logmesh.sink.pipeline import Pipeline
@@ -80,8 +81,6 @@ class Sink:
                 return
             kv = await ensure_lease_bucket(js, s.lease_ttl, info.config.num_replicas or 1)
             ttl = await bucket_ttl(kv) or s.lease_ttl
-            if ttl != s.lease_ttl:
-                log.warning("lease TTL is the bucket's %g s, not the configured %g s", ttl, s.lease_ttl)
             log.info(
                 "sink %s: %d partitions in stream %s; primary %s, standby %s, lease TTL %g s",
                 s.owner_name,

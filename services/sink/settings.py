@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
+from logmesh.common.leases_bucket import DEFAULT_LEASE_TTL
 from logmesh.common.partitions import parse_partition_list
 from logmesh.common.settings import DataDir, JetStreamName, ServiceSettings, SinkMetricsPort
 
@@ -74,7 +75,7 @@ class SinkSettings(ServiceSettings, DataDir, SinkMetricsPort):
         "", description="this sink's name in the partition leases (default <hostname>-<pid>)"
     )
     lease_ttl: float = Field(
-        10.0,
+        DEFAULT_LEASE_TTL,
         ge=1,
         le=600,
         description="seconds a partition lease lasts without renewal (renewed every third of it): a shorter TTL "
