@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError
 
 from logmesh.bench.procs import UpProcess, peak_rss_mib
 from logmesh.bench.throughput import Sender, nats_sender
@@ -147,7 +147,8 @@ async def publish_outage(sig: signal.Signals, seconds_before: float = 2.0, in_fl
                     try:
                         await js.publish(f"logs.outage{lane % 8}", b'{"m":1}', headers={"Nats-Msg-Id": msg_id})
                         break
-                    except (NoStreamResponseError, TimeoutError):
+                    except (NoStreamResponseError, TimeoutError, APIError):
+                        # APIError: 503 while no leader is known, 409 while an earlier attempt is in process.
                         failed += 1
                 acked.append(time.monotonic())
                 n += 1

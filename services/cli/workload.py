@@ -171,6 +171,13 @@ async def _all_or_none(workers: list[Coroutine[Any, Any, None]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+# What JetStream has not acknowledged is sent again alone, by the publisher's one retry rule, for this
+# long before the whole batch is: on a replicated stream a second copy of an id sent while the first
+# is still being replicated is refused ("duplicate message id is in process", 409) and must be sent
+# again once the first is stored, not together with it again.
+BATCH_RETRY_FOR = 30.0
+
+
 async def send_nats(
     nats_url: str,
     batches: Sequence[Sequence[dict[str, Any]]],
@@ -222,7 +229,9 @@ async def send_nats(
                 ready = prepared[i] or publisher.prepare(batches_out[i])
                 prepared[i] = None
                 try:
-                    outcome = await publisher.publish_counted(ready, topics[i], timeout=10, partitions=partitions)
+                    outcome = await publisher.publish_counted(
+                        ready, topics[i], timeout=10, partitions=partitions, retry_for=BATCH_RETRY_FOR
+                    )
                 except (nats.errors.Error, OSError) as exc:  # the connection is down: retry when it is back
                     problem: str | None = f"publishing failed: {exc or type(exc).__name__}"
                 else:
