@@ -15,9 +15,12 @@ import duckdb
 import httpx
 import pytest
 
+from logmesh.cli.secrets_commands import nats_config_text
+from logmesh.common.nats_cluster import ROUTE_PASSWORD_VARIABLE as ROUTE_PASSWORD
+from logmesh.common.nats_cluster import SERVER_NAME_VARIABLE
 from logmesh.common.nats_roles import ROLES, password_variable, secret_variable
 from logmesh.common.partitions import parse_partition_list, partition_of, store_file
-from logmesh.common.secrets_store import ALL_SECRETS, new_secret
+from logmesh.common.secrets_store import ALL_SECRETS, CLUSTER_SECRETS, new_secret
 from tests.compose_local import (
     DEPLOY,
     LocalCompose,
@@ -35,7 +38,6 @@ NODES = ("nats-1", "nats-2", "nats-3")
 SINKS = ("sink-0", "sink-1")
 IMAGE_BUILDER = "sink-0"
 PARTITIONS, REPLICAS = 4, 3
-ROUTE_PASSWORD = secret_variable("route-password")
 ROUTE_URLS = {f"LOGMESH_ROUTE_URL_{i}": node for i, node in enumerate(NODES, 1)}
 NATS_CONFIG = "nats-cluster.conf"
 NATS_CONFIG_TARGET = "/etc/nats/logmesh.conf"
@@ -62,7 +64,7 @@ def test_each_service_gets_only_its_own_secrets(compose: dict[str, Any]) -> None
     }
     # The route password is the one secret compose.yaml has no use for; `logmesh secrets` writes it
     # beside the others (the run below reads it from the env file that command wrote).
-    generated = {secret_variable(name) for name in ALL_SECRETS} | {ROUTE_PASSWORD}
+    generated = {secret_variable(name) for name in (*ALL_SECRETS, *CLUSTER_SECRETS)}
     for name, service in compose["services"].items():
         used = secrets_used(service)  # each ${NAME:?...}: refuses to start without the env file
         assert used == expected[name], name
@@ -100,41 +102,43 @@ def test_the_compose_file_follows_the_rules(compose: dict[str, Any]) -> None:
     assert published == {"ingest": ["8081:8081"], "query": ["8082:8082"]}, "only the HTTP ports reach the host"
 
 
-def test_three_nats_nodes_with_routes_between_them(compose: dict[str, Any]) -> None:
+def test_the_cluster_config_is_the_one_the_code_renders() -> None:
+    """deploy/nats-cluster.conf is ``logmesh nats-config --cluster-size 3``'s output, as
+    deploy/nats-server.conf is ``logmesh nats-config``'s: one permission table, the same users on every
+    node, the cluster block the code writes."""
+    assert (DEPLOY / NATS_CONFIG).read_text() == nats_config_text(cluster_size=len(NODES))
+
+
+def _variables_read(config: str) -> set[str]:
+    """The variables a nats-server configuration takes from the environment: ``$NAME`` outside comments
+    and quoted strings (the permission subjects like ``"$JS.API..."`` are no variables)."""
+    code = "\n".join(line for line in config.splitlines() if not line.lstrip().startswith("#"))
+    return set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", re.sub(r'"[^"]*"', '""', code)))
+
+
+def test_three_nats_nodes_named_and_routed_by_their_environment(compose: dict[str, Any]) -> None:
+    """Every node runs the one config file; what differs between them (the name, the route URLs with
+    the route password) comes by environment, as the config's header says."""
     services = compose["services"]
     assert [name for name, s in services.items() if is_nats(s)] == list(NODES)
+    read = _variables_read((DEPLOY / NATS_CONFIG).read_text())
+    assert read == {SERVER_NAME_VARIABLE, ROUTE_PASSWORD, *ROUTE_URLS, *(password_variable(role) for role in ROLES)}
     for node in NODES:
         service = services[node]
         command = service["command"]
         assert "--jetstream" in command
-        assert command[command.index("--server_name") + 1] == node, "JetStream in a cluster needs a stable name"
         assert command[command.index("--config") + 1] == NATS_CONFIG_TARGET
         assert command[command.index("--store_dir") + 1] == "/data"
-        assert "--cluster" not in command and "--cluster_listen" not in command, (
-            "a cluster URL on the command line replaces the config's route authorization"
-        )
+        assert "--server_name" not in command, "the config takes the name from the environment"
+        overriding = [a for a in command if re.fullmatch(r"--?(cluster|cluster_listen|cluster_name|routes)", a)]
+        assert not overriding, "a cluster or route URL on the command line replaces the config's route authorization"
         assert service["volumes"] == [f"{node}-data:/data", f"./{NATS_CONFIG}:{NATS_CONFIG_TARGET}:ro"]
-        # One route URL per node, each with the route user and the password from the env file.
         env = service["environment"]
+        assert set(env) == read, f"{node} gets what the config reads, nothing else"
+        assert env[SERVER_NAME_VARIABLE] == node, "JetStream in a cluster needs a stable, unique name"
+        # One route URL per node, each with the route user and the password from the env file.
         for variable, target in ROUTE_URLS.items():
             assert re.fullmatch(rf"nats-route://route:\$\{{{ROUTE_PASSWORD}:\?[^}}]+\}}@{target}:6222", env[variable])
-    config = (DEPLOY / NATS_CONFIG).read_text()
-    assert re.search(rf"authorization \{{ user: route, password: \${ROUTE_PASSWORD} \}}", config)
-    routes = re.search(r"routes: \[([^]]*)\]", config)
-    assert routes and [r.strip() for r in routes[1].split(",")] == [f"${v}" for v in ROUTE_URLS]
-    assert "listen: 0.0.0.0:6222" in config
-
-
-def test_every_node_has_the_users_and_permissions_of_the_single_node_config() -> None:
-    """The same users and permissions on every node: the cluster config's authorization block is
-    deploy/nats-server.conf's (``logmesh nats-config``'s output), and no password is written in it."""
-    single = (DEPLOY / "nats-server.conf").read_text()
-    cluster = (DEPLOY / NATS_CONFIG).read_text()
-    assert cluster.count("\nauthorization {") == 1
-    assert cluster[cluster.index("\nauthorization {") :] == single[single.index("\nauthorization {") :]
-    assert re.findall(r"password: (\S+?)[, }]", cluster) == [f"${ROUTE_PASSWORD}"] + [
-        f"${password_variable(role)}" for role in ROLES
-    ]
 
 
 def test_the_services_reach_every_node_and_create_the_stream_partitioned_and_replicated(
