@@ -5,8 +5,10 @@ its exact command and environment: 3 nats nodes, 2 partitioned sinks, ingest, qu
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,6 @@ NATS_CONFIG = "nats-cluster.conf"
 NATS_CONFIG_TARGET = "/etc/nats/logmesh.conf"
 SEED_EVENTS, SEED_UNIQUE = 20_000, 13_000
 PRIMARIES = {0: "sink-0", 1: "sink-1", 2: "sink-0", 3: "sink-1"}
-OWNERS_SORTED = sorted((sink, k) for k, sink in PRIMARIES.items())
 
 
 @pytest.fixture(scope="module")
@@ -236,8 +237,7 @@ def test_the_cluster_config_forms_a_cluster_and_refuses_a_wrong_route_password(
         local.down()
 
 
-# The run: it needs the partitioned sink, the scatter-gather query and `logmesh secrets` writing the
-# route password; until they are all there, it fails at the first thing missing.
+# The run: every service as compose starts it, the seed published, checked over HTTP and in the files.
 
 
 def _cluster_stats_once_drained(local: LocalCompose, arrived: int) -> dict[str, Any]:
@@ -269,6 +269,62 @@ def _stored_identities(local: LocalCompose) -> dict[str, list[tuple[str, str]]]:
     return stored
 
 
+def _log_sizes(local: LocalCompose) -> dict[str, int]:
+    """Where each sink's log ends now: what an ``up`` logs comes after."""
+    logs = {sink: local.root / f"{sink}.log" for sink in SINKS}
+    return {sink: log.stat().st_size if log.exists() else 0 for sink, log in logs.items()}
+
+
+# The sink's own lines (--log-format json): when it starts claiming leases, and each lease it wins.
+_CLAIMING = re.compile(r"sink (?P<sink>\S+): \d+ partitions in stream \S+; .*, lease TTL (?P<ttl>[\d.]+) s")
+_WON = re.compile(r"partition (?P<k>\d+): lease won by (?P<sink>\S+)")
+
+
+def _lease_history(
+    local: LocalCompose, since: dict[str, int]
+) -> tuple[dict[str, datetime], float, list[tuple[int, str]]]:
+    """From the sinks' logs since ``since``: when each began claiming its leases (its primaries are
+    tried at once then), the lease TTL, and every (partition, sink) lease won."""
+    began: dict[str, datetime] = {}
+    ttls: set[float] = set()
+    won: list[tuple[int, str]] = []
+    for sink in SINKS:
+        text = (local.root / f"{sink}.log").read_bytes()[since[sink] :].decode(errors="replace")
+        for line in (json.loads(raw) for raw in text.splitlines() if raw.startswith("{")):
+            if claiming := _CLAIMING.fullmatch(line["message"]):
+                assert claiming["sink"] == sink and sink not in began, line
+                began[sink] = datetime.fromisoformat(line["time"])
+                ttls.add(float(claiming["ttl"]))
+            elif lease := _WON.fullmatch(line["message"].removesuffix(" (standby)")):
+                assert lease["sink"] == sink, line
+                won.append((int(lease["k"]), sink))
+    assert set(began) == set(SINKS) and len(ttls) == 1, (began, ttls)
+    return began, ttls.pop(), won
+
+
+def _check_owners(local: LocalCompose, stats: dict[str, Any], since: dict[str, int]) -> dict[int, str]:
+    """Each partition has exactly one owner, one of the two sinks, which won its lease once in this
+    ``up``; and where the compose layout decides the owner, it is the primary.
+
+    Compose starts sink-1 as soon as sink-0 is started, so both usually begin claiming within a
+    moment of each other, but nothing bounds that moment. A primary tries its partitions as soon as it
+    begins; a standby takes one only after finding it free for a whole lease TTL. So when both began
+    within half a TTL of each other (the other half for the primary's create to land), every
+    partition is its primary's. When one began later than that, its partitions may have gone to the
+    other sink, which keeps them (no rebalancing); the early sink's own partitions are still its own.
+    """
+    owners = {p["partition"]: p["owner"] for p in stats["partitions"]}
+    assert sorted(owners) == list(range(PARTITIONS)) and set(owners.values()) <= set(SINKS), owners
+    began, ttl, won = _lease_history(local, since)
+    assert sorted(won) == sorted(owners.items()), "each partition won once, by the owner /stats names"
+    if abs((began["sink-0"] - began["sink-1"]).total_seconds()) < ttl / 2:
+        assert owners == PRIMARIES
+    else:
+        late = max(SINKS, key=began.__getitem__)
+        assert all(owner == PRIMARIES[k] or PRIMARIES[k] == late for k, owner in owners.items()), (owners, began)
+    return owners
+
+
 @pytest.fixture
 def local(compose: dict[str, Any], tmp_path: Path) -> Iterator[LocalCompose]:
     stack = LocalCompose(compose, tmp_path)
@@ -279,14 +335,13 @@ def local(compose: dict[str, Any], tmp_path: Path) -> Iterator[LocalCompose]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_cluster_services_run_as_written_and_dedup_across_down_and_up(local: LocalCompose) -> None:
+    since = _log_sizes(local)
     local.up()
     local.run_publisher()
     first = wait_for(partial(_cluster_stats_once_drained, local, SEED_EVENTS), 90, "the sinks to store the seed")
     assert first["unique_processed"] == SEED_UNIQUE and first["invariant_holds"]
     assert first["duplicate_dropped"] == SEED_EVENTS - SEED_UNIQUE
-    # Each partition where the compose file puts it: both sinks started together, each won its own.
-    owners = {p["partition"]: p["owner"] for p in first["partitions"]}
-    assert owners == PRIMARIES
+    owners = _check_owners(local, first, since)
     assert all(p["ready"] for p in first["partitions"])
     assert sum(p["unique_processed"] for p in first["partitions"]) == SEED_UNIQUE
     cluster = first["cluster"]
@@ -307,13 +362,15 @@ def test_the_cluster_services_run_as_written_and_dedup_across_down_and_up(local:
     # each sink only the partitions it owns.
     local.down()
     stored = _stored_identities(local)
-    assert sorted(stored) == [f"{sink}/partition-{k}.duckdb" for sink, k in OWNERS_SORTED]
+    assert sorted(stored) == sorted(f"{sink}/partition-{k}.duckdb" for k, sink in owners.items())
     rows = [row for part in stored.values() for row in part]
     assert len(rows) == len(set(rows)) == SEED_UNIQUE
 
     # docker compose up: same volumes, every event and counter kept ...
+    since = _log_sizes(local)
     local.up()
     kept = wait_for(partial(_cluster_stats_once_drained, local, SEED_EVENTS), 90, "the counters after a restart")
+    _check_owners(local, kept, since)  # a partition that changed hands is rebuilt from the stream
     for key in ("received", "unique_processed", "duplicates", "invalid", "topics"):
         assert kept[key] == first[key], key
 
