@@ -5,8 +5,10 @@ its exact command and environment: 3 nats nodes, 2 partitioned sinks, ingest, qu
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,12 @@ import duckdb
 import httpx
 import pytest
 
+from logmesh.cli.secrets_commands import nats_config_text
+from logmesh.common.nats_cluster import ROUTE_PASSWORD_VARIABLE as ROUTE_PASSWORD
+from logmesh.common.nats_cluster import SERVER_NAME_VARIABLE
 from logmesh.common.nats_roles import ROLES, password_variable, secret_variable
 from logmesh.common.partitions import parse_partition_list, partition_of, store_file
-from logmesh.common.secrets_store import ALL_SECRETS, new_secret
+from logmesh.common.secrets_store import ALL_SECRETS, CLUSTER_SECRETS, new_secret
 from tests.compose_local import (
     DEPLOY,
     LocalCompose,
@@ -35,13 +40,11 @@ NODES = ("nats-1", "nats-2", "nats-3")
 SINKS = ("sink-0", "sink-1")
 IMAGE_BUILDER = "sink-0"
 PARTITIONS, REPLICAS = 4, 3
-ROUTE_PASSWORD = secret_variable("route-password")
 ROUTE_URLS = {f"LOGMESH_ROUTE_URL_{i}": node for i, node in enumerate(NODES, 1)}
 NATS_CONFIG = "nats-cluster.conf"
 NATS_CONFIG_TARGET = "/etc/nats/logmesh.conf"
 SEED_EVENTS, SEED_UNIQUE = 20_000, 13_000
 PRIMARIES = {0: "sink-0", 1: "sink-1", 2: "sink-0", 3: "sink-1"}
-OWNERS_SORTED = sorted((sink, k) for k, sink in PRIMARIES.items())
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,7 @@ def test_each_service_gets_only_its_own_secrets(compose: dict[str, Any]) -> None
     }
     # The route password is the one secret compose.yaml has no use for; `logmesh secrets` writes it
     # beside the others (the run below reads it from the env file that command wrote).
-    generated = {secret_variable(name) for name in ALL_SECRETS} | {ROUTE_PASSWORD}
+    generated = {secret_variable(name) for name in (*ALL_SECRETS, *CLUSTER_SECRETS)}
     for name, service in compose["services"].items():
         used = secrets_used(service)  # each ${NAME:?...}: refuses to start without the env file
         assert used == expected[name], name
@@ -100,41 +103,43 @@ def test_the_compose_file_follows_the_rules(compose: dict[str, Any]) -> None:
     assert published == {"ingest": ["8081:8081"], "query": ["8082:8082"]}, "only the HTTP ports reach the host"
 
 
-def test_three_nats_nodes_with_routes_between_them(compose: dict[str, Any]) -> None:
+def test_the_cluster_config_is_the_one_the_code_renders() -> None:
+    """deploy/nats-cluster.conf is ``logmesh nats-config --cluster-size 3``'s output, as
+    deploy/nats-server.conf is ``logmesh nats-config``'s: one permission table, the same users on every
+    node, the cluster block the code writes."""
+    assert (DEPLOY / NATS_CONFIG).read_text() == nats_config_text(cluster_size=len(NODES))
+
+
+def _variables_read(config: str) -> set[str]:
+    """The variables a nats-server configuration takes from the environment: ``$NAME`` outside comments
+    and quoted strings (the permission subjects like ``"$JS.API..."`` are no variables)."""
+    code = "\n".join(line for line in config.splitlines() if not line.lstrip().startswith("#"))
+    return set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", re.sub(r'"[^"]*"', '""', code)))
+
+
+def test_three_nats_nodes_named_and_routed_by_their_environment(compose: dict[str, Any]) -> None:
+    """Every node runs the one config file; what differs between them (the name, the route URLs with
+    the route password) comes by environment, as the config's header says."""
     services = compose["services"]
     assert [name for name, s in services.items() if is_nats(s)] == list(NODES)
+    read = _variables_read((DEPLOY / NATS_CONFIG).read_text())
+    assert read == {SERVER_NAME_VARIABLE, ROUTE_PASSWORD, *ROUTE_URLS, *(password_variable(role) for role in ROLES)}
     for node in NODES:
         service = services[node]
         command = service["command"]
         assert "--jetstream" in command
-        assert command[command.index("--server_name") + 1] == node, "JetStream in a cluster needs a stable name"
         assert command[command.index("--config") + 1] == NATS_CONFIG_TARGET
         assert command[command.index("--store_dir") + 1] == "/data"
-        assert "--cluster" not in command and "--cluster_listen" not in command, (
-            "a cluster URL on the command line replaces the config's route authorization"
-        )
+        assert "--server_name" not in command, "the config takes the name from the environment"
+        overriding = [a for a in command if re.fullmatch(r"--?(cluster|cluster_listen|cluster_name|routes)", a)]
+        assert not overriding, "a cluster or route URL on the command line replaces the config's route authorization"
         assert service["volumes"] == [f"{node}-data:/data", f"./{NATS_CONFIG}:{NATS_CONFIG_TARGET}:ro"]
-        # One route URL per node, each with the route user and the password from the env file.
         env = service["environment"]
+        assert set(env) == read, f"{node} gets what the config reads, nothing else"
+        assert env[SERVER_NAME_VARIABLE] == node, "JetStream in a cluster needs a stable, unique name"
+        # One route URL per node, each with the route user and the password from the env file.
         for variable, target in ROUTE_URLS.items():
             assert re.fullmatch(rf"nats-route://route:\$\{{{ROUTE_PASSWORD}:\?[^}}]+\}}@{target}:6222", env[variable])
-    config = (DEPLOY / NATS_CONFIG).read_text()
-    assert re.search(rf"authorization \{{ user: route, password: \${ROUTE_PASSWORD} \}}", config)
-    routes = re.search(r"routes: \[([^]]*)\]", config)
-    assert routes and [r.strip() for r in routes[1].split(",")] == [f"${v}" for v in ROUTE_URLS]
-    assert "listen: 0.0.0.0:6222" in config
-
-
-def test_every_node_has_the_users_and_permissions_of_the_single_node_config() -> None:
-    """The same users and permissions on every node: the cluster config's authorization block is
-    deploy/nats-server.conf's (``logmesh nats-config``'s output), and no password is written in it."""
-    single = (DEPLOY / "nats-server.conf").read_text()
-    cluster = (DEPLOY / NATS_CONFIG).read_text()
-    assert cluster.count("\nauthorization {") == 1
-    assert cluster[cluster.index("\nauthorization {") :] == single[single.index("\nauthorization {") :]
-    assert re.findall(r"password: (\S+?)[, }]", cluster) == [f"${ROUTE_PASSWORD}"] + [
-        f"${password_variable(role)}" for role in ROLES
-    ]
 
 
 def test_the_services_reach_every_node_and_create_the_stream_partitioned_and_replicated(
@@ -232,8 +237,7 @@ def test_the_cluster_config_forms_a_cluster_and_refuses_a_wrong_route_password(
         local.down()
 
 
-# The run: it needs the partitioned sink, the scatter-gather query and `logmesh secrets` writing the
-# route password; until they are all there, it fails at the first thing missing.
+# The run: every service as compose starts it, the seed published, checked over HTTP and in the files.
 
 
 def _cluster_stats_once_drained(local: LocalCompose, arrived: int) -> dict[str, Any]:
@@ -265,6 +269,62 @@ def _stored_identities(local: LocalCompose) -> dict[str, list[tuple[str, str]]]:
     return stored
 
 
+def _log_sizes(local: LocalCompose) -> dict[str, int]:
+    """Where each sink's log ends now: what an ``up`` logs comes after."""
+    logs = {sink: local.root / f"{sink}.log" for sink in SINKS}
+    return {sink: log.stat().st_size if log.exists() else 0 for sink, log in logs.items()}
+
+
+# The sink's own lines (--log-format json): when it starts claiming leases, and each lease it wins.
+_CLAIMING = re.compile(r"sink (?P<sink>\S+): \d+ partitions in stream \S+; .*, lease TTL (?P<ttl>[\d.]+) s")
+_WON = re.compile(r"partition (?P<k>\d+): lease won by (?P<sink>\S+)")
+
+
+def _lease_history(
+    local: LocalCompose, since: dict[str, int]
+) -> tuple[dict[str, datetime], float, list[tuple[int, str]]]:
+    """From the sinks' logs since ``since``: when each began claiming its leases (its primaries are
+    tried at once then), the lease TTL, and every (partition, sink) lease won."""
+    began: dict[str, datetime] = {}
+    ttls: set[float] = set()
+    won: list[tuple[int, str]] = []
+    for sink in SINKS:
+        text = (local.root / f"{sink}.log").read_bytes()[since[sink] :].decode(errors="replace")
+        for line in (json.loads(raw) for raw in text.splitlines() if raw.startswith("{")):
+            if claiming := _CLAIMING.fullmatch(line["message"]):
+                assert claiming["sink"] == sink and sink not in began, line
+                began[sink] = datetime.fromisoformat(line["time"])
+                ttls.add(float(claiming["ttl"]))
+            elif lease := _WON.fullmatch(line["message"].removesuffix(" (standby)")):
+                assert lease["sink"] == sink, line
+                won.append((int(lease["k"]), sink))
+    assert set(began) == set(SINKS) and len(ttls) == 1, (began, ttls)
+    return began, ttls.pop(), won
+
+
+def _check_owners(local: LocalCompose, stats: dict[str, Any], since: dict[str, int]) -> dict[int, str]:
+    """Each partition has exactly one owner, one of the two sinks, which won its lease once in this
+    ``up``; and where the compose layout decides the owner, it is the primary.
+
+    Compose starts sink-1 as soon as sink-0 is started, so both usually begin claiming within a
+    moment of each other, but nothing bounds that moment. A primary tries its partitions as soon as it
+    begins; a standby takes one only after finding it free for a whole lease TTL. So when both began
+    within half a TTL of each other (the other half for the primary's create to land), every
+    partition is its primary's. When one began later than that, its partitions may have gone to the
+    other sink, which keeps them (no rebalancing); the early sink's own partitions are still its own.
+    """
+    owners = {p["partition"]: p["owner"] for p in stats["partitions"]}
+    assert sorted(owners) == list(range(PARTITIONS)) and set(owners.values()) <= set(SINKS), owners
+    began, ttl, won = _lease_history(local, since)
+    assert sorted(won) == sorted(owners.items()), "each partition won once, by the owner /stats names"
+    if abs((began["sink-0"] - began["sink-1"]).total_seconds()) < ttl / 2:
+        assert owners == PRIMARIES
+    else:
+        late = max(SINKS, key=began.__getitem__)
+        assert all(owner == PRIMARIES[k] or PRIMARIES[k] == late for k, owner in owners.items()), (owners, began)
+    return owners
+
+
 @pytest.fixture
 def local(compose: dict[str, Any], tmp_path: Path) -> Iterator[LocalCompose]:
     stack = LocalCompose(compose, tmp_path)
@@ -275,14 +335,13 @@ def local(compose: dict[str, Any], tmp_path: Path) -> Iterator[LocalCompose]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_cluster_services_run_as_written_and_dedup_across_down_and_up(local: LocalCompose) -> None:
+    since = _log_sizes(local)
     local.up()
     local.run_publisher()
     first = wait_for(partial(_cluster_stats_once_drained, local, SEED_EVENTS), 90, "the sinks to store the seed")
     assert first["unique_processed"] == SEED_UNIQUE and first["invariant_holds"]
     assert first["duplicate_dropped"] == SEED_EVENTS - SEED_UNIQUE
-    # Each partition where the compose file puts it: both sinks started together, each won its own.
-    owners = {p["partition"]: p["owner"] for p in first["partitions"]}
-    assert owners == PRIMARIES
+    owners = _check_owners(local, first, since)
     assert all(p["ready"] for p in first["partitions"])
     assert sum(p["unique_processed"] for p in first["partitions"]) == SEED_UNIQUE
     cluster = first["cluster"]
@@ -303,13 +362,15 @@ def test_the_cluster_services_run_as_written_and_dedup_across_down_and_up(local:
     # each sink only the partitions it owns.
     local.down()
     stored = _stored_identities(local)
-    assert sorted(stored) == [f"{sink}/partition-{k}.duckdb" for sink, k in OWNERS_SORTED]
+    assert sorted(stored) == sorted(f"{sink}/partition-{k}.duckdb" for k, sink in owners.items())
     rows = [row for part in stored.values() for row in part]
     assert len(rows) == len(set(rows)) == SEED_UNIQUE
 
     # docker compose up: same volumes, every event and counter kept ...
+    since = _log_sizes(local)
     local.up()
     kept = wait_for(partial(_cluster_stats_once_drained, local, SEED_EVENTS), 90, "the counters after a restart")
+    _check_owners(local, kept, since)  # a partition that changed hands is rebuilt from the stream
     for key in ("received", "unique_processed", "duplicates", "invalid", "topics"):
         assert kept[key] == first[key], key
 
