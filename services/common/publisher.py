@@ -12,13 +12,16 @@ The one retry rule (``retry_for``): what JetStream has not acknowledged (no answ
 leader election, a 503 status while no leader is known, a connection lost to a dying server) is
 sent again with the same ``Nats-Msg-Id`` until it is, or until the bound. The window survives a
 failover, so a message the old leader stored comes back as a duplicate: one whose earlier attempt got
-no answer is taken as stored by this batch, not counted as a duplicate (it was sent once).
+no answer is taken as stored by this batch (it was sent once) when the copy the stream holds is newer
+than every sequence seen before the first attempt and no other retry took that id already; else it
+is a duplicate like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import time
 import uuid
 from collections import Counter
@@ -41,6 +44,9 @@ DUPLICATE = 1
 # again soon; the first pause between attempts, doubled up to the last.
 _ATTEMPT_WAIT = 2.0
 _FIRST_PAUSE, _LAST_PAUSE = 0.05, 1.0
+# How long an id a retry took as its own stays taken: longer than any retry bound.
+_CLAIM_FOR = 120.0
+_SEQ = re.compile(rb'"seq":(\d+)')
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +61,8 @@ class _Pending:
     results: list[int | str | None]
     waiting: int
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    last_ack: bytes = b""  # any PubAck of the batch: its sequence bounds the stream's from below
+    acks: list[bytes | None] | None = None  # every PubAck, kept for retries only
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ class BatchResult:
     """Per message: STORED, DUPLICATE, or the error JetStream gave, or None when no ack came in time."""
 
     results: list[int | str | None]
+    acks: list[bytes | None] | None = None  # the PubAcks themselves, when asked for
 
     @property
     def complete(self) -> bool:
@@ -121,6 +130,10 @@ class AckedPublisher:
         self._batch_ids = itertools.count()
         self._pending: dict[bytes, _Pending] = {}
         self._sub: Subscription | None = None
+        # The highest stream sequence a PubAck has shown, and the ids a retry took as stored by its
+        # own unanswered attempt (see send_until), with when.
+        self._seen_seq = 0
+        self._claimed: dict[str, float] = {}
 
     async def start(self) -> None:
         self._sub = await self._io.subscribe_raw(self._inbox + ".>", self._on_ack)
@@ -170,6 +183,7 @@ class AckedPublisher:
         def wait() -> float:
             return max(0.05, min(timeout, _ATTEMPT_WAIT, deadline - time.monotonic()))
 
+        seen_before = self._seen_seq
         results = (await self._attempt(prepared, wait())).results
         unanswered = [r is None for r in results]
         pause = _FIRST_PAUSE
@@ -179,16 +193,34 @@ class AckedPublisher:
                 break
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, _LAST_PAUSE)
-            again = await self._attempt(self.prepare([prepared.messages[i] for i in todo]), wait())
-            for i, r in zip(todo, again.results, strict=True):
-                # Already stored by an attempt whose ack never came: this batch's own copy.
-                results[i] = STORED if r == DUPLICATE and unanswered[i] else r
+            again = await self._attempt(self.prepare([prepared.messages[i] for i in todo]), wait(), keep_acks=True)
+            acks = again.acks or [None] * len(todo)
+            for i, r, ack in zip(todo, again.results, acks, strict=True):
+                if r == DUPLICATE and unanswered[i]:
+                    r = STORED if self._stored_by_us(prepared.messages[i].msg_id, ack, seen_before) else DUPLICATE
+                results[i] = r
                 unanswered[i] = unanswered[i] or r is None
         return BatchResult(results)
 
-    async def _attempt(self, prepared: Prepared, timeout: float) -> BatchResult:
+    def _stored_by_us(self, msg_id: str, ack: bytes | None, seen_before: int) -> bool:
+        """Whether the copy JetStream holds for ``msg_id`` is the one an unanswered attempt of ours
+        sent. Not if it was stored before our first attempt (its sequence is one a PubAck had shown
+        by then: a true duplicate), nor if another of our retries took it already (two copies of one
+        id, in one batch or two, both unanswered: one stored, one duplicate)."""
+        seq = _ack_seq(ack)
+        if seq is None or seq <= seen_before:
+            return False
+        now = time.monotonic()
+        while self._claimed and now - next(iter(self._claimed.values())) > _CLAIM_FOR:
+            del self._claimed[next(iter(self._claimed))]
+        if msg_id in self._claimed:
+            return False
+        self._claimed[msg_id] = now
+        return True
+
+    async def _attempt(self, prepared: Prepared, timeout: float, *, keep_acks: bool = False) -> BatchResult:
         try:
-            return await self.send(prepared, timeout)
+            return await self.send(prepared, timeout, keep_acks=keep_acks)
         except (nats.errors.Error, OSError):
             # The connection went down mid-batch (its server died): part of it may have been sent.
             return BatchResult([None] * len(prepared.commands))
@@ -203,9 +235,9 @@ class AckedPublisher:
         ]
         return Prepared(key, commands, messages)
 
-    async def send(self, prepared: Prepared, timeout: float) -> BatchResult:
+    async def send(self, prepared: Prepared, timeout: float, *, keep_acks: bool = False) -> BatchResult:
         count = len(prepared.commands)
-        pending = _Pending(results=[None] * count, waiting=count)
+        pending = _Pending(results=[None] * count, waiting=count, acks=[None] * count if keep_acks else None)
         self._pending[prepared.key] = pending
         try:
             async with asyncio.timeout(timeout):
@@ -217,7 +249,10 @@ class AckedPublisher:
             pass
         finally:
             del self._pending[prepared.key]
-        return BatchResult(pending.results)
+        seq = _ack_seq(pending.last_ack)
+        if seq is not None and seq > self._seen_seq:
+            self._seen_seq = seq
+        return BatchResult(pending.results, pending.acks)
 
     def _on_ack(self, subject: bytes, reply: bytes, headers: bytes | None, data: bytes) -> None:
         # Runs for every published message: the common PubAck is recognised without parsing its JSON.
@@ -230,9 +265,17 @@ class AckedPublisher:
         if results[i] is not None:
             return
         results[i] = _read_ack(headers, data)
+        pending.last_ack = data
+        if pending.acks is not None:
+            pending.acks[i] = data
         pending.waiting -= 1
         if pending.waiting == 0:
             pending.done.set()
+
+
+def _ack_seq(ack: bytes | None) -> int | None:
+    found = _SEQ.search(ack) if ack else None
+    return int(found.group(1)) if found else None
 
 
 def _id_header(msg_id: str) -> bytes:
