@@ -172,10 +172,10 @@ async def _all_or_none(workers: list[Coroutine[Any, Any, None]]) -> None:
 
 
 # What JetStream has not acknowledged is sent again alone, by the publisher's one retry rule, for this
-# long before the whole batch is: on a replicated stream a second copy of an id sent while the first
-# is still being replicated is refused ("duplicate message id is in process", 409) and must be sent
-# again once the first is stored, not together with it again.
-BATCH_RETRY_FOR = 30.0
+# long before the whole batch is (and the failure is reported, see cli/delivery.py): on a replicated
+# stream a second copy of an id sent while the first is still being replicated is refused ("duplicate
+# message id is in process", 409) and must be sent again once the first is stored, not with it again.
+BATCH_RETRY_FOR = 2.0
 
 
 async def send_nats(
