@@ -77,6 +77,7 @@ class Ingest:
         """``on_refused`` hears why ingest will not publish (a stream of another number of partitions)."""
         self.settings = settings
         self.partitions = 1
+        self._several_servers = len([u for u in settings.nats_url.split(",") if u.strip()]) > 1
         self.refused: str | None = None
         self._on_refused = on_refused
         self._events = Counter(
@@ -117,10 +118,11 @@ class Ingest:
         await self.link.stop()
 
     def _ready_publisher(self) -> tuple[Client, AckedPublisher]:
-        # A connection that is moving to another server is used all the same: the publish is retried
-        # until it is back (``publisher``'s rule), or answers 503 after the bound.
+        # A connection that is moving to another server of a cluster is used all the same: the publish
+        # is retried until it is back (``publisher``'s rule), or answers 503 after the bound. With one
+        # server there is nowhere to move: 503 at once, as the client's retry is what helps.
         nc = self.link.nc
-        if nc is not None and nc.is_closed:
+        if nc is not None and (nc.is_closed or (not nc.is_connected and not self._several_servers)):
             nc = None
         if self.refused is not None:
             raise ApiError(503, "unavailable", self.refused, headers=RETRY_AFTER)
@@ -144,13 +146,14 @@ class Ingest:
         if too_big:
             raise ApiError(422, "validation_error", "event(s) too large; nothing was published", details=too_big)
         try:
-            # Retried through a stream leader election, with the same ids, for publish_timeout at most.
+            # On a cluster, retried through a stream leader election with the same ids, for
+            # publish_timeout at most; one server answers at once (a 503 its client retries).
             outcome = await publisher.publish_counted(
                 publisher.prepare(outgoing),
                 [e.topic for e in events],
                 s.publish_timeout,
                 partitions=self.partitions,
-                retry_for=s.publish_timeout,
+                retry_for=s.publish_timeout if self._several_servers else 0.0,
             )
         except Exception as exc:  # connection lost mid-batch, outbound buffer full, ...
             raise ApiError(503, "unavailable", f"publishing failed: {exc}", headers=RETRY_AFTER) from exc
