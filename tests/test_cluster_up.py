@@ -21,6 +21,7 @@ from logmesh.common.partitions import PartitionsMismatch, partition_of, receipt_
 from logmesh.common.processes import children
 from logmesh.common.settings import ServiceSettings
 from tests.harness import SERVICE_TOKENS, Service, Up, event, over_nats, wait_for
+from tests.test_up_metrics import family_names, samples
 
 CLUSTER = {"nats_nodes": 3, "partitions": 4}
 
@@ -157,3 +158,28 @@ def test_each_sink_owns_the_partitions_of_its_number_and_stands_by_for_the_other
         "LOGMESH_LEASE_TTL": "3",
     }
     assert [r.primary for r in sink_roles(3, 2)] == [(0,), (1,), ()]  # a third sink only stands by
+
+
+def test_two_sinks_share_the_partitions_as_stats_and_metrics_show(make_up: Callable[..., Up]) -> None:
+    """With --sinks 2 each sink owns the partitions of its number (both start together); /stats names
+    owner and PID per partition and every node with its PID, and /metrics holds each sink's
+    samples under its own ``sink`` label."""
+    up = make_up(**CLUSTER, sinks=2)
+    owners = {0: "sink-0", 1: "sink-1", 2: "sink-0", 3: "sink-1"}
+
+    def settled() -> dict[str, Any] | None:
+        stats: dict[str, Any] = up.stats()
+        parts = stats["partitions"]
+        return stats if not stats["missing_partitions"] and all(p["ready"] for p in parts) else None
+
+    stats = wait_for(settled, 30, "every partition to be ready")
+    assert {p["partition"]: p["owner"] for p in stats["partitions"]} == owners
+    assert {p["pid"] for p in stats["partitions"]} == set(up.sink_pids)
+    nodes = stats["cluster"]["nodes"]
+    assert {(n["name"], n["url"], n["pid"]) for n in nodes} == {(n.name, n.url, n.pid) for n in up.nodes}
+    assert all(n["ok"] for n in nodes) and stats["cluster"]["replicas"] == 3
+    text = up.http.get("/metrics").text
+    got = samples(text)
+    assert got[("logmesh_sink_metrics_missing", ())] == 0
+    assert {dict(labels).get("sink") for (name, labels) in got if name == "logmesh_sink_ready"} == {"sink-0", "sink-1"}
+    assert len(family_names(text)) == len(set(family_names(text))), "a metric family is listed twice"

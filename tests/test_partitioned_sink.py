@@ -22,7 +22,7 @@ from nats.aio.client import Client
 from nats.js.api import StorageType, StreamConfig
 
 from logmesh.common import partitions
-from logmesh.common.query_contract import read_parts
+from logmesh.common.query_answers import read_parts
 from logmesh.sink.place import Place
 from tests.harness import NatsServer, Service, over_nats, wait_for
 

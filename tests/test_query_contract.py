@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from logmesh.common.query_answers import page
 from logmesh.common.query_contract import (
     DEAD_LETTERS_PARAMS,
     EVENT_PARAMS,
@@ -22,7 +23,6 @@ from logmesh.common.query_contract import (
     NoQuery,
     Param,
     ParamError,
-    page,
     parse_params,
 )
 

@@ -33,6 +33,7 @@ from logmesh.common.http import build_app
 from logmesh.common.nats_roles import ROLES, Role, inbox_prefix, password_variable, server_authorization
 from logmesh.common.openapi import openapi
 from logmesh.common.partitions import consumer_filters, partition_of, query_prefix, stream_transform
+from logmesh.common.query_answers import parts
 from logmesh.common.query_contract import (
     COUNTERS_AS_OF_HEADER,
     CountersQuery,
@@ -40,7 +41,6 @@ from logmesh.common.query_contract import (
     EventQuery,
     EventsQuery,
     parse_cursor,
-    parts,
 )
 from logmesh.common.waiting import wait_until_async
 from logmesh.query.app import Query

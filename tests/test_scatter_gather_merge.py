@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logmesh.common.query_contract import PAGE_BYTES, format_cursor, parse_cursor, parts, read_parts
+from logmesh.common.query_answers import parts, read_parts
+from logmesh.common.query_contract import PAGE_BYTES, format_cursor, parse_cursor
 from logmesh.query.cluster import parse_cluster_nodes
 from logmesh.query.pages import Part, merge, read_part
 
@@ -39,7 +40,7 @@ def _item(k: int, seq: int) -> bytes:
 
 
 def _part(mine: list[tuple[int, int]], k: int, after: int, limit: int, newest_first: bool, page_no: int) -> bytes:
-    """What a partition's sink answers: its visible items after its last id, as query_contract.parts."""
+    """What a partition's sink answers: its visible items after its last id, as query_answers.parts."""
     visible = [(i + 1, seq) for i, (seq, at) in enumerate(mine) if at <= page_no]
     if newest_first:
         chosen = [x for x in reversed(visible) if after == 0 or x[0] < after]

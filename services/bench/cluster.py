@@ -131,7 +131,7 @@ async def publish_outage(sig: signal.Signals, seconds_before: float = 2.0, in_fl
         leader = nodes[cluster["stream_leader"]]
         urls = ",".join(n["url"] for n in cluster["nodes"])
         nc = await connect(urls, "bench-outage", credentials=up.credentials("ingest"))
-        js = nc.jetstream(timeout=2.0)
+        js = nc.jetstream(timeout=0.5)
         acked: list[float] = []
         failed = 0
         sent = 0

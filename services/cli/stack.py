@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 
 from logmesh.cli.runner import start_server, stop_server
 from logmesh.cli.sink_children import SinkChildren, sink_roles
-from logmesh.cli.sink_metrics import SinkMetricsRelay
+from logmesh.cli.sink_metrics import SinkMetricsRelay, partition_owners
 from logmesh.cli.up_secrets import UpAuth
 from logmesh.cli.up_settings import UpSettings
 from logmesh.common.auth import INGEST, AccessScope, Authenticator
@@ -59,7 +59,8 @@ def _components(
     registry = CollectorRegistry()
     query = Query(query_settings, signed_in=auth is not None)
     parts: list[Component] = [Ingest(ingest_settings, registry), query]
-    relay = SinkMetricsRelay(query.ask_sink, registry, sink_metrics_host)
+    owners = partition_owners(query.asker, query.topology)
+    relay = SinkMetricsRelay(query.ask_sink, registry, sink_metrics_host, owners)
     return parts, relay, build_app("logmesh", parts, registry, [relay.exposition], auth=auth)
 
 

@@ -29,26 +29,28 @@ from logmesh.common.nats_answers import Answer
 from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.openapi import parameters, responses
 from logmesh.common.partitions import partition_of
+from logmesh.common.query_answers import (
+    DeadLetterPage,
+    EventPage,
+    Stats,
+    StoredEvent,
+    in_partition,
+    merged_page,
+    with_missing,
+)
 from logmesh.common.query_contract import (
     DEAD_LETTERS_ROUTE_PARAMS,
     EVENT_PARAMS,
     EVENTS_ROUTE_PARAMS,
     STATS_PARAMS,
-    DeadLetterPage,
     DeadLettersRequest,
-    EventPage,
     EventQuery,
     EventsRequest,
     NoQuery,
     PageRequest,
     Param,
     ParamError,
-    Stats,
-    StoredEvent,
-    in_partition,
-    merged_page,
     parse_params,
-    with_missing,
 )
 from logmesh.query.cluster import parse_cluster_nodes
 from logmesh.query.dashboard import DASHBOARD_PATHS, dashboard_routes

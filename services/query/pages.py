@@ -1,6 +1,6 @@
 """One page over every partition: each partition's part, merged by stream sequence.
 
-Each partition answers a part (``query_contract.parts``): its next items after its own last id, in
+Each partition answers a part (``query_answers.parts``): its next items after its own last id, in
 its own order, and whether it has more. The merge takes the item with the lowest sequence (highest,
 newest first) among the parts' heads, one at a time. A partition's items are only ever taken as a
 prefix of its part, and the merge stops as soon as a partition that has more runs out: its next
@@ -19,7 +19,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from logmesh.common.query_contract import PAGE_BYTES, format_cursor, in_partition, read_parts
+from logmesh.common.query_answers import in_partition, read_parts
+from logmesh.common.query_contract import PAGE_BYTES, format_cursor
 
 log = logging.getLogger("logmesh.query")
 

@@ -15,15 +15,8 @@ from typing import Any
 import duckdb
 import orjson
 
-from logmesh.common.query_contract import (
-    BODY_PREVIEW,
-    PAGE_BYTES,
-    DeadLettersQuery,
-    EventQuery,
-    EventsQuery,
-    page,
-    parts,
-)
+from logmesh.common.query_answers import page, parts
+from logmesh.common.query_contract import BODY_PREVIEW, PAGE_BYTES, DeadLettersQuery, EventQuery, EventsQuery
 
 _EVENT_COLUMNS = 'id, topic, event_id, "timestamp", source, payload, seq, stored_at'
 _LETTER_COLUMNS = "id, seq, subject, reason, headers, body, stored_at"
