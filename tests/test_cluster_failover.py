@@ -7,8 +7,10 @@ partition file, read from the files themselves, each file holding only its own p
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from logmesh.common.nats_roles import password_secret
 from logmesh.common.partitions import partition_of, store_file
 from logmesh.common.waiting import WaitTimeout
 from tests.harness import Up, stored_keys, stream_truth, wait_for
-from tests.test_faults import Background
+from tests.test_faults import ARTIFACTS, Background
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -134,27 +136,48 @@ def test_leader_sink_and_file_lost_on_a_cluster(tmp_path: Path) -> None:
         stats = _assert_exact(up, workload, len(workload.events) + len(late.events))
         assert stats["duplicates"]["store"] >= 1000
 
-        # A sink dies: its partitions go to the other sink, which has them on its standby list.
+        # A sink dies: its partitions go to a live sink (the other one stands by for them; up also
+        # restarts the dead one, which claims its own partitions back once their leases expire).
         victim = _owner_pid(up, 0)
+        killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         more = make_workload(5000, 0.35, 10, seed=29)
         assert asyncio.run(send_nats(urls, more.batches(500), 2, credentials=credentials, show_progress=False))
-        wait_for(lambda: _owner_pid(up, 0) != victim, 30, "partition 0 to change hands")
+        wait_for(lambda: _ready_elsewhere(up, 0, victim), 30, "partition 0 to change hands")
+        timings = {"sink_handover_seconds": round(time.monotonic() - killed_at, 2)}
         both = Workload(workload.events + more.events, 0)
         _assert_exact(up, both, 0)
 
         # A partition's file is lost with its sink: the new owner rebuilds it from the stream.
         owner = _owner_pid(up, 1)
+        held = next(p["unique_processed"] for p in _stats(up)["partitions"] if p["partition"] == 1)
         os.kill(owner, signal.SIGKILL)
         lost = store_file(data, 1, P)
         wait_for(lambda: not _pid_alive(owner), 10, "the sink to be gone")
         for path in (lost, lost.with_name(lost.name + ".wal")):
             path.unlink(missing_ok=True)
-        wait_for(lambda: lost.exists() and _owner_pid(up, 1) != owner, 60, "partition 1 to be rebuilt")
+        lost_at = time.monotonic()
+        wait_for(lambda: lost.exists() and _ready_elsewhere(up, 1, owner), 60, "partition 1 to be rebuilt")
         _assert_exact(up, both, 0)
+        timings |= {"rebuild_seconds": round(time.monotonic() - lost_at, 2), "rebuilt_events": held}
     finally:
         up.close()
+    _record(timings)
     _assert_files(data, both)
+
+
+def _ready_elsewhere(up: Up, partition: int, gone: int) -> bool:
+    """The partition is served again, by another process than ``gone``, and ready."""
+    stats = _stats(up)
+    part = next(p for p in stats["partitions"] if p["partition"] == partition)
+    return partition not in stats["missing_partitions"] and part["pid"] != gone and bool(part["ready"])
+
+
+def _record(timings: dict[str, Any]) -> None:
+    """The measured failover times, for docs/scaling.md (test-artifacts/cluster-failover.jsonl)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    with (ARTIFACTS / "cluster-failover.jsonl").open("a") as f:
+        f.write(json.dumps(timings) + "\n")
 
 
 def _pid_alive(pid: int) -> bool:
