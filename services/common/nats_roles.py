@@ -20,7 +20,7 @@ The roles:
   ``$JS.API.STREAM.DELETE.LOGS`` would have the sink delete the stream. It may create, read, pull from
   and ack any consumer of the stream (a partition's is named for its file), and take and renew the
   partition leases (``leases_bucket``), creating their bucket when it is missing.
-- ``query``: asks the sink, reads the stream's and its consumers' info and the leases. Publishes
+- ``query``: asks the sink, reads the stream's and its consumers' info (owners come from the sinks). Publishes
   nothing else.
 - ``admin``: everything; the only one that may update, purge or delete the stream or a consumer.
 
@@ -122,7 +122,7 @@ def permissions(role: Role, stream: str = "LOGS") -> Permissions:
             subscribe=(f"{QUERY_SUBJECT_PREFIX}.>", "$SRV.>", inbox),
         )
     return Permissions(
-        publish=(f"{QUERY_SUBJECT_PREFIX}.>", stream_info, f"{api}.CONSUMER.INFO.{stream}.*", *_lease_reads(api)),
+        publish=(f"{QUERY_SUBJECT_PREFIX}.>", stream_info, f"{api}.CONSUMER.INFO.{stream}.*"),
         subscribe=(inbox,),
     )
 

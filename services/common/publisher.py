@@ -183,7 +183,7 @@ class AckedPublisher:
         def wait() -> float:
             return max(0.05, min(timeout, _ATTEMPT_WAIT, deadline - time.monotonic()))
 
-        seen_before = self._seen_seq
+        seen_before = self._stream_seq_seen()
         results = (await self._attempt(prepared, wait())).results
         unanswered = [r is None for r in results]
         pause = _FIRST_PAUSE
@@ -201,6 +201,12 @@ class AckedPublisher:
                 results[i] = r
                 unanswered[i] = unanswered[i] or r is None
         return BatchResult(results)
+
+    def _stream_seq_seen(self) -> int:
+        """The highest stream sequence any PubAck has shown so far, batches still in flight included
+        (their latest ack each: one parse per batch, not per message)."""
+        latest = (_ack_seq(p.last_ack) for p in self._pending.values() if p.last_ack)
+        return max(self._seen_seq, *(seq for seq in latest if seq is not None), 0)
 
     def _stored_by_us(self, msg_id: str, ack: bytes | None, seen_before: int) -> bool:
         """Whether the copy JetStream holds for ``msg_id`` is the one an unanswered attempt of ours

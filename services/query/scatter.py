@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StreamConfig
+from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 
 from logmesh.common.http import ApiError
@@ -52,8 +53,9 @@ class Topology:
         return self.count
 
     async def partitions(self) -> int:
-        """P; when JetStream has not told it yet and does not answer now, 1 (not kept: asked again
-        next time), which is today's single sink."""
+        """P. Before JetStream has told it: 1 while the stream does not exist yet (today's single
+        sink; asked again next time), 503 while JetStream does not answer (an election): a guess
+        would refuse a valid cursor or ask the wrong subjects."""
         if self.count is not None:
             return self.count
         nc = self._client()
@@ -61,9 +63,16 @@ class Topology:
             raise unreachable()
         try:
             info = await nc.jetstream().stream_info(self._stream)
+        except NotFoundError:
+            return 1
         except (nats.errors.Error, TimeoutError, OSError) as exc:
             log.debug("the stream's partitions are not known yet: %s", exc)
-            return 1
+            raise ApiError(
+                503,
+                "unavailable",
+                "JetStream has not said how the stream is partitioned yet; retry later",
+                headers=RETRY_AFTER,
+            ) from None
         return self.learn(info.config)
 
 
