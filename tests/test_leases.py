@@ -14,12 +14,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
 from nats.aio.client import Client
 
 from logmesh.common import partitions
+from logmesh.common.failpoints import Failpoints
 from logmesh.common.leases_bucket import LEASE_BUCKET, ensure_lease_bucket, lease_key
+from logmesh.common.wire import WireMsg
+from logmesh.sink.commit import BatchCommitter, LeaseLost
+from logmesh.sink.crash_journal import CrashJournal
 from logmesh.sink.lease import VALIDITY, Lease, bucket_ttl
+from logmesh.sink.metrics import SinkMetrics
+from logmesh.sink.settings import SinkSettings
+from logmesh.sink.writer import Writer
 from tests.harness import NatsServer, Service, over_nats, wait_for
 from tests.test_partitioned_sink import (
     ALL_TOPICS,
@@ -136,6 +144,42 @@ def test_our_value_written_by_someone_else_is_not_taken_for_our_renewal(server: 
         assert not await lease.renew() and not lease.held and not lease.valid()
 
     over_nats(server.url, work)
+
+
+def test_a_lost_lease_leaves_no_crash_note_against_the_message_being_committed(
+    tmp_path: Path,
+    server: NatsServer,  # noqa: F811
+) -> None:
+    """A message committed alone under the crash journal: the lease is lost before it commits. The work
+    ends, the process lives on: the next run must not blame the message for a crash."""
+    journal_path = tmp_path / "suspect.json"
+    settings = SinkSettings(data_dir=tmp_path)
+
+    async def work(nc: Client) -> None:
+        kv = await ensure_lease_bucket(nc.jetstream(), ttl=30, replicas=1)
+        lease = Lease(kv, 1, {"owner": "a"}, 30)
+        assert await lease.acquire()
+        await kv.put(lease_key(1), b'{"owner": "operator"}')
+        assert not await lease.renew()  # lost
+        failpoints = Failpoints("")
+        writer = Writer(settings, failpoints, tmp_path / "partition-1.duckdb")
+        await writer.open()
+        metrics = SinkMetrics(owned=list, ready=lambda: True)
+        committer = BatchCommitter(settings, writer, CrashJournal(journal_path), failpoints, metrics, lease)
+        body = orjson.dumps(event("t", "e1"))
+        # Delivered more often than poison_after: committed on its own, under the journal.
+        reply = f"$JS.ACK.LOGS.sink-p1-x.{settings.poison_after + 1}.7.7.0.0".encode()
+        try:
+            with pytest.raises(LeaseLost):
+                await committer._handle([WireMsg(b"1.logs.t", reply, None, body)], asyncio.Event())
+        finally:
+            await writer.close()
+
+    over_nats(server.url, work)
+    assert not journal_path.exists()
+    journal = CrashJournal(journal_path)
+    journal.load()
+    assert journal.convicted(7) is None
 
 
 def kill_hard(svc: Service) -> None:

@@ -98,7 +98,13 @@ class BatchCommitter:
                     self._journal.end()  # settled: its note goes with it
                 continue
             self._journal.begin(seq)
-            await self._process([msg], stopping)
+            try:
+                await self._process([msg], stopping)
+            except (LeaseLost, Unservable, asyncio.CancelledError):
+                # The work ended, the process lives on: the message is not to blame. Only a death
+                # here may leave the note.
+                self._journal.end()
+                raise
             self._journal.end()
 
     async def _process(self, msgs: list[WireMsg], stopping: asyncio.Event) -> bool:
