@@ -271,7 +271,13 @@ class Pipeline(BatchCommitter):
 
     def sample(self) -> PartitionSample:
         return PartitionSample(
-            self.place.partition, self.writer.counters, self.ready, self.buffered, self.pending, self.ack_pending
+            self.place.partition,
+            self.place.count,
+            self.writer.counters,
+            self.ready,
+            self.buffered,
+            self.pending,
+            self.ack_pending,
         )
 
     # ---- queries (served over NATS by endpoints.py) ------------------------------------------
