@@ -7,18 +7,27 @@ Authorization is off on this one-node server, as in test_partitioned_sink.py."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
 from nats.aio.client import Client
 
 from logmesh.common import partitions
+from logmesh.common.failpoints import Failpoints
 from logmesh.common.leases_bucket import LEASE_BUCKET, ensure_lease_bucket, lease_key
+from logmesh.common.wire import WireMsg
+from logmesh.sink.commit import BatchCommitter, LeaseLost
+from logmesh.sink.crash_journal import CrashJournal
 from logmesh.sink.lease import VALIDITY, Lease, bucket_ttl
+from logmesh.sink.metrics import SinkMetrics
+from logmesh.sink.settings import SinkSettings
+from logmesh.sink.writer import Writer
 from tests.harness import NatsServer, Service, over_nats, wait_for
 from tests.test_partitioned_sink import (
     ALL_TOPICS,
@@ -78,6 +87,99 @@ def test_a_lease_not_renewed_expires_with_the_buckets_ttl(server: NatsServer) ->
 
     took = over_nats(server.url, work)
     assert 0.8 <= took < 3.0, took
+
+
+def test_a_renewal_written_after_its_timeout_is_ours_from_the_oldest_unanswered_attempt(
+    server: NatsServer,  # noqa: F811
+) -> None:
+    """The server stalls (SIGSTOP) while a renewal is in flight: the renewal times out unanswered,
+    and is written once the server resumes. The next renewal is refused (the revision moved on), yet
+    the lease is still ours: our value at a newer revision. Its validity counts from when the
+    unanswered attempt was sent, the earliest that write can have been made, not from the refused one."""
+    ttl = 3.0
+    assert server.launcher.process is not None
+    pid = server.launcher.process.pid
+
+    async def work(nc: Client) -> None:
+        kv = await ensure_lease_bucket(nc.jetstream(), ttl=ttl, replicas=1)
+        lease = Lease(kv, 0, {"owner": "a"}, ttl)
+        assert await lease.acquire()
+        known = lease.revision
+        assert known is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            unanswered = time.monotonic()
+            assert await lease.renew()  # times out after ttl/3: no answer is no loss
+            assert lease.revision == known
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for _ in range(100):  # the stalled renewal lands once the server runs again
+            entry = await kv.get(lease_key(0))
+            if entry.revision is not None and entry.revision > known:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the stalled renewal was never written")
+        refused = time.monotonic()
+        assert await lease.renew() and lease.valid()
+        assert lease.revision == entry.revision
+        # Counted from the unanswered attempt, sent a third of the TTL (its timeout) before the
+        # refused one at least; not from the refused one.
+        assert unanswered + VALIDITY * ttl <= lease.valid_until < refused - ttl / 6 + VALIDITY * ttl
+        assert await lease.renew() and lease.revision > entry.revision  # renewals go on from there
+
+    over_nats(server.url, work)
+
+
+def test_our_value_written_by_someone_else_is_not_taken_for_our_renewal(server: NatsServer) -> None:  # noqa: F811
+    """With no renewal of ours unanswered, a newer revision cannot be ours, whatever its value."""
+
+    async def work(nc: Client) -> None:
+        kv = await ensure_lease_bucket(nc.jetstream(), ttl=30, replicas=1)
+        lease = Lease(kv, 2, {"owner": "a"}, 30)
+        assert await lease.acquire()
+        entry = await kv.get(lease_key(2))
+        assert entry.value is not None
+        await kv.put(lease_key(2), entry.value)  # the very same bytes, as a copy made by hand
+        assert not await lease.renew() and not lease.held and not lease.valid()
+
+    over_nats(server.url, work)
+
+
+def test_a_lost_lease_leaves_no_crash_note_against_the_message_being_committed(
+    tmp_path: Path,
+    server: NatsServer,  # noqa: F811
+) -> None:
+    """A message committed alone under the crash journal: the lease is lost before it commits. The work
+    ends, the process lives on: the next run must not blame the message for a crash."""
+    journal_path = tmp_path / "suspect.json"
+    settings = SinkSettings(data_dir=tmp_path)
+
+    async def work(nc: Client) -> None:
+        kv = await ensure_lease_bucket(nc.jetstream(), ttl=30, replicas=1)
+        lease = Lease(kv, 1, {"owner": "a"}, 30)
+        assert await lease.acquire()
+        await kv.put(lease_key(1), b'{"owner": "operator"}')
+        assert not await lease.renew()  # lost
+        failpoints = Failpoints("")
+        writer = Writer(settings, failpoints, tmp_path / "partition-1.duckdb")
+        await writer.open()
+        metrics = SinkMetrics(owned=list, ready=lambda: True)
+        committer = BatchCommitter(settings, writer, CrashJournal(journal_path), failpoints, metrics, lease)
+        body = orjson.dumps(event("t", "e1"))
+        # Delivered more often than poison_after: committed on its own, under the journal.
+        reply = f"$JS.ACK.LOGS.sink-p1-x.{settings.poison_after + 1}.7.7.0.0".encode()
+        try:
+            with pytest.raises(LeaseLost):
+                await committer._handle([WireMsg(b"1.logs.t", reply, None, body)], asyncio.Event())
+        finally:
+            await writer.close()
+
+    over_nats(server.url, work)
+    assert not journal_path.exists()
+    journal = CrashJournal(journal_path)
+    journal.load()
+    assert journal.convicted(7) is None
 
 
 def kill_hard(svc: Service) -> None:

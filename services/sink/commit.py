@@ -39,6 +39,15 @@ class LeaseLost(Exception):
     """The partition's lease is no longer valid: nothing more may be committed or acked."""
 
 
+class Unservable(Exception):
+    """The partition cannot be served here now (its history is incomplete, its store keeps failing):
+    its lease is better given up to a sink that can. The message says why."""
+
+
+# A leased partition whose store has refused every write for this many lease TTLs is given up.
+STORE_FAILING_TTLS = 3.0
+
+
 class BatchCommitter:
     def __init__(
         self,
@@ -89,7 +98,13 @@ class BatchCommitter:
                     self._journal.end()  # settled: its note goes with it
                 continue
             self._journal.begin(seq)
-            await self._process([msg], stopping)
+            try:
+                await self._process([msg], stopping)
+            except (LeaseLost, Unservable, asyncio.CancelledError):
+                # The work ended, the process lives on: the message is not to blame. Only a death
+                # here may leave the note.
+                self._journal.end()
+                raise
             self._journal.end()
 
     async def _process(self, msgs: list[WireMsg], stopping: asyncio.Event) -> bool:
@@ -120,6 +135,7 @@ class BatchCommitter:
         self, msgs: list[WireMsg], stopping: asyncio.Event, commit: Commit, refused: Refused | None
     ) -> bool:
         delay = 0.25
+        failing_since: float | None = None
         self.failpoints.hit("sink.before_commit")
         while True:
             self.check_lease()
@@ -156,6 +172,11 @@ class BatchCommitter:
                 return await refused(msgs, stopping)
             if stopping.is_set():
                 return False
+            failing_since = failing_since or time.monotonic()
+            if self.lease is not None and time.monotonic() - failing_since > STORE_FAILING_TTLS * self.lease.ttl:
+                raise Unservable(
+                    f"the store has refused every write for {STORE_FAILING_TTLS:g} TTLs: {self.last_error}"
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 

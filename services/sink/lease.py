@@ -49,7 +49,9 @@ class Lease:
         self._value = b""
         self.revision: int | None = None
         self.valid_until = 0.0
-        self._last_attempt = 0.0
+        # The send time of the oldest renewal not answered since the last grant: one of those may
+        # have been written all the same, and no later than it was sent.
+        self._unanswered_since: float | None = None
 
     @property
     def held(self) -> bool:
@@ -73,39 +75,54 @@ class Lease:
         """False when the lease is lost (another revision is there, or none). A renewal NATS does not
         answer is not a loss: validity simply runs on from the last one that was answered."""
         assert self.revision is not None, "renewing a lease not held"
-        sent = self._last_attempt = time.monotonic()
+        sent = time.monotonic()
         try:
             revision = await asyncio.wait_for(self._kv.update(self.key, self._value, last=self.revision), self.ttl / 3)
         except KeyWrongLastSequenceError:
             return await self._still_ours()
         except (TimeoutError, nats.errors.Error) as exc:
+            if self._unanswered_since is None:
+                self._unanswered_since = sent
             log.warning("lease %s not renewed (%s): valid for %.1f s more", self.key, exc, self.remaining)
             return True
         self._granted(revision, sent)
         return True
 
     async def _still_ours(self) -> bool:
-        """A renewal that timed out may have been written all the same: then the key holds exactly our
-        value, at a revision we did not hear of, written after the attempt was sent."""
+        """A renewal that went unanswered may have been written all the same: then the key holds
+        exactly our value at a revision newer than the last one we know was ours. A read a lagging
+        server answers may show that older revision: it proves nothing, so it is no grant. Validity
+        then counts from the oldest unanswered attempt, the earliest the write can have been sent."""
+        since = self._unanswered_since
         try:
             entry = await asyncio.wait_for(self._kv.get(self.key), self.ttl / 3)
         except KeyNotFoundError:
             entry = None
         except (TimeoutError, nats.errors.Error):
             return True  # cannot tell yet: the next renewal asks again, validity runs on meanwhile
-        if entry is not None and entry.value == self._value and entry.revision is not None:
-            self._granted(entry.revision, self._last_attempt)
+        if (
+            since is not None
+            and entry is not None
+            and entry.value == self._value
+            and entry.revision is not None
+            and self.revision is not None
+            and entry.revision > self.revision
+        ):
+            self._granted(entry.revision, since)
             return True
         self.lost()
         return False
 
     def _granted(self, revision: int, sent: float) -> None:
         self.revision = revision
-        self.valid_until = sent + VALIDITY * self.ttl
+        # Never backwards: a grant counted from an older attempt must not shorten a newer one.
+        self.valid_until = max(self.valid_until, sent + VALIDITY * self.ttl)
+        self._unanswered_since = None
 
     def lost(self) -> None:
         self.revision = None
         self.valid_until = 0.0
+        self._unanswered_since = None
 
     @property
     def remaining(self) -> float:
@@ -113,7 +130,8 @@ class Lease:
 
     async def release(self) -> None:
         """Gives the lease up on a graceful stop (best effort: it expires by itself otherwise)."""
-        revision, self.revision, self.valid_until = self.revision, None, 0.0
+        revision = self.revision
+        self.lost()
         if revision is None:
             return
         try:

@@ -2,8 +2,14 @@
 
 The event counters are read from the same in-memory mirror of the store that ``/stats`` serves, so
 the two always agree; batch sizes and commit latency are histograms; consumer lag is refreshed from
-JetStream every few seconds. A sink that owns several partitions sums them, and labels the few
-per-partition series by partition.
+JetStream every few seconds.
+
+With one partition the event counters are unlabeled, as they always were. With several, a sink owns
+partitions for a while only (leases move them), so a sum over what it owns now would go backwards
+when one leaves: each event counter (``logmesh_events_*``) then has one series per owned partition,
+labeled ``partition``, monotonic on its own, and ``sum()`` over the family is this sink's total. A
+series ends when its partition leaves. Per-topic counters need no label (a topic lives in one
+partition). The gauges (buffered, consumer lag) are sums over what the sink owns now.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ class PartitionSample:
     """One owned partition at a scrape."""
 
     partition: int
+    partitions: int  # P, the stream's
     counters: Counters
     ready: bool
     buffered: int
@@ -67,18 +74,29 @@ class SinkMetrics(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         owned = self._owned()
-        c = total([p.counters for p in owned])
-        yield CounterMetricFamily("logmesh_events_received", "Log messages processed (first deliveries)", c.received)
-        yield CounterMetricFamily("logmesh_events_unique", "Distinct events stored", c.unique_processed)
-        yield CounterMetricFamily("logmesh_events_invalid", "Messages dead-lettered", c.invalid)
-        duplicates = CounterMetricFamily("logmesh_events_duplicate", "Duplicates dropped, by layer", labels=["layer"])
-        duplicates.add_metric(["window"], c.window_duplicates)
-        duplicates.add_metric(["store"], c.store_duplicates)
-        yield duplicates
+        single = not owned or owned[0].partitions == 1
+        # One partition: today's unlabeled series; several: one series per partition (see above).
+        by: list[str] = [] if single else ["partition"]
+        received = CounterMetricFamily(
+            "logmesh_events_received", "Log messages processed (first deliveries)", labels=by
+        )
+        unique = CounterMetricFamily("logmesh_events_unique", "Distinct events stored", labels=by)
+        invalid = CounterMetricFamily("logmesh_events_invalid", "Messages dead-lettered", labels=by)
+        duplicates = CounterMetricFamily(
+            "logmesh_events_duplicate", "Duplicates dropped, by layer", labels=["layer", *by]
+        )
+        for p in owned or [PartitionSample(0, 1, Counters(), False, 0, 0, 0)]:
+            c, k = p.counters, [] if single else [str(p.partition)]
+            received.add_metric(k, c.received)
+            unique.add_metric(k, c.unique_processed)
+            invalid.add_metric(k, c.invalid)
+            duplicates.add_metric(["window", *k], c.window_duplicates)
+            duplicates.add_metric(["store", *k], c.store_duplicates)
+        yield from (received, unique, invalid, duplicates)
         per_topic = CounterMetricFamily(
             "logmesh_topic_events_unique", "Distinct events stored, by topic", labels=["topic"]
         )
-        for topic, counts in sorted(c.topics.items()):
+        for topic, counts in sorted(total([p.counters for p in owned]).topics.items()):
             per_topic.add_metric([topic], counts.unique)
         yield per_topic
         yield GaugeMetricFamily(
@@ -95,17 +113,17 @@ class SinkMetrics(Collector):
             "Messages delivered and not yet acknowledged",
             sum(p.ack_pending for p in owned),
         )
-        if len(owned) == 1 and owned[0].partition == 0:
+        if single:
             return  # one partition: the sums say it all
         ready = GaugeMetricFamily("logmesh_partition_ready", "1 while the partition takes writes", labels=["partition"])
-        unique = CounterMetricFamily(
+        partition_unique = CounterMetricFamily(
             "logmesh_partition_events_unique", "Distinct events stored, by partition", labels=["partition"]
         )
         for p in owned:
             ready.add_metric([str(p.partition)], int(p.ready))
-            unique.add_metric([str(p.partition)], p.counters.unique_processed)
+            partition_unique.add_metric([str(p.partition)], p.counters.unique_processed)
         yield ready
-        yield unique
+        yield partition_unique
 
 
 def total(parts: Sequence[Counters]) -> Counters:

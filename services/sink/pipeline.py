@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import nats
@@ -26,7 +27,7 @@ from logmesh import __version__
 from logmesh.common.failpoints import Failpoints
 from logmesh.common.jetstream import ensure_consumer
 from logmesh.common.query_contract import DeadLettersQuery, EventQuery, EventsQuery
-from logmesh.sink.commit import BatchCommitter, LeaseLost
+from logmesh.sink.commit import BatchCommitter, LeaseLost, Unservable
 from logmesh.sink.counters import Counters
 from logmesh.sink.crash_journal import CrashJournal
 from logmesh.sink.endpoints import start_query_service
@@ -41,8 +42,11 @@ log = logging.getLogger("logmesh.sink")
 
 # A partition's consumer outlives its file's sink by this long, then goes away by itself.
 INACTIVE_THRESHOLD = 3600.0
-# How often a new file's refusal (the stream no longer starts at 1) is looked at again.
-HISTORY_RETRY = 5.0
+# How long a partition that cannot start keeps saying why in its status (without a lease) before
+# it gives the partition up; with a lease, one TTL.
+REFUSAL_SHOWN = 5.0
+# A cleanup step that takes longer than this is abandoned (logged), so the file is still closed.
+CLEANUP_BOUND = 5.0
 
 
 class Pipeline(BatchCommitter):
@@ -60,31 +64,36 @@ class Pipeline(BatchCommitter):
         self.ack_pending = 0
         # Set when the lease is lost: stop at once, commit and ack nothing more.
         self.halt = asyncio.Event()
+        self._service: Service | None = None
+        self._service_stopping: asyncio.Task[None] | None = None
 
     def stop_now(self) -> None:
+        """The lease is lost or no longer valid: stop committing and acking, and answer no more queries
+        for the partition (another owner may be answering them already)."""
         self.halt.set()
         if self._puller is not None:
             self._puller.wake()
+        if self._service is not None and self._service_stopping is None:
+            self._service_stopping = asyncio.create_task(self._stop_service())
 
     async def run(self, nc: Client, stream: StreamInfo, stopping: asyncio.Event) -> None:
         s, place = self.settings, self.place
         js = nc.jetstream()
-        await self.writer.open()
-        self._journal.load()
-        service: Service | None = None
         tasks: list[asyncio.Task[None]] = []
         try:
+            await self.writer.open()
+            self._journal.load()
             assert stream.created is not None
             await self.writer.use_stream(stream.created)
             if place.partitioned:
                 # Served at once: a partition that cannot start says why in its status.
-                service = await self._serve(nc)
+                self._service = await self._serve(nc)
                 if not await self._complete_history(js, stopping):
                     return
             self.consumer = place.consumer(self.writer.file_id)
             await self._declare_consumer(js)
-            if service is None:
-                service = await self._serve(nc)
+            if self._service is None:
+                self._service = await self._serve(nc)
             self._puller = puller = Puller(
                 nc, s.stream, self.consumer, batch=s.batch_size, max_buffered=2 * s.batch_size
             )
@@ -105,12 +114,22 @@ class Pipeline(BatchCommitter):
             self.ready = False
             for task in tasks:
                 task.cancel()
-            if service is not None:
-                await service.stop()
-            if self._puller is not None:
-                await self._puller.stop(grace=0)
-            await self.writer.close()
-            log.info("%s stopped", place)
+            # Each step bounded and on its own: the file is closed whatever the others do, before
+            # the caller releases its lock.
+            try:
+                await (self._service_stopping or self._stop_service())
+            finally:
+                try:
+                    if self._puller is not None:
+                        await _bounded(self._puller.stop(grace=0), f"{place}: stopping the pull")
+                finally:
+                    await self.writer.close()
+                    log.info("%s stopped", place)
+
+    async def _stop_service(self) -> None:
+        service, self._service = self._service, None
+        if service is not None:
+            await _bounded(service.stop(), f"{self.place}: stopping its query service")
 
     async def _pull(self, js: JetStreamContext, puller: Puller, stopping: asyncio.Event) -> None:
         s = self.settings
@@ -139,30 +158,57 @@ class Pipeline(BatchCommitter):
         return service
 
     async def _complete_history(self, js: JetStreamContext, stopping: asyncio.Event) -> bool:
-        """A file that has not read the stream yet gets its id once the stream still holds the
-        partition's history from sequence 1; until then the partition is not ready, and says why.
-        False when stopping (or the lease is lost) first."""
+        """The file must hold, or be able to read, the partition's whole history: a new file gets its
+        id only while the stream still starts at sequence 1; an existing file resumes only if the
+        stream still holds everything past its highest committed sequence. Otherwise the partition is
+        not ready, says why (status and log) for a while, then raises :class:`Unservable` so that the
+        lease goes to a sink that can serve it. False when stopping (or the lease is lost) first."""
         s = self.settings
-        while self.writer.file_id is None:
-            try:
-                first = (await js.stream_info(s.stream)).state.first_seq
-            except (nats.errors.Error, TimeoutError) as exc:
-                first, self.last_error = None, f"stream {s.stream} does not answer: {exc}"
-            if first is not None and first <= 1:  # 0: the stream never held a message
-                await self.writer.set_file_id(secrets.token_hex(6))
-                log.info("%s: new store file %s (id %s)", self.place, self.place.db_path, self.writer.file_id)
+        if self.halt.is_set():
+            return False
+        refusal: str | None
+        try:
+            first = (await js.stream_info(s.stream)).state.first_seq
+        except (nats.errors.Error, TimeoutError) as exc:
+            refusal = f"{self.place}: stream {s.stream} does not answer: {exc}"
+        else:
+            refusal = self._history_gap(first)
+            if refusal is None:
+                if self.writer.file_id is None:
+                    await self.writer.set_file_id(secrets.token_hex(6))
+                    log.info("%s: new store file %s (id %s)", self.place, self.place.db_path, self.writer.file_id)
                 return True
-            if first is not None:
-                self.last_error = (
-                    f"{self.place}: refusing to build a new store file: stream {s.stream} starts at sequence "
-                    f"{first}, not 1, so the partition's history is incomplete (retrying every {HISTORY_RETRY:g} s)"
-                )
-            log.error("%s", self.last_error)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_either(stopping, self.halt), HISTORY_RETRY)
-            if stopping.is_set() or self.halt.is_set():
-                return False
-        return True
+        self.last_error = refusal
+        log.error("%s", refusal)
+        with contextlib.suppress(TimeoutError):
+            shown = REFUSAL_SHOWN if self.lease is None else self.lease.ttl
+            await asyncio.wait_for(_either(stopping, self.halt), shown)
+        if stopping.is_set() or self.halt.is_set():
+            return False
+        raise Unservable(refusal)
+
+    def _history_gap(self, first: int) -> str | None:
+        """Why the file cannot (re)start reading a stream that starts at ``first``; None when it can.
+        ``first`` is 0 when the stream never held a message."""
+        s = self.settings
+        if self.writer.file_id is None:
+            if first <= 1:
+                return None
+            return (
+                f"{self.place}: refusing to build a new store file: stream {s.stream} starts at sequence "
+                f"{first}, not 1, so the partition's history is incomplete"
+            )
+        ranges = self.writer.committed.ranges()
+        highest = ranges[-1][1] if ranges else 0
+        if first <= highest + 1:
+            return None
+        # Its consumer (recreated, or behind) would go on from the stream's first message: whatever
+        # the partition had in between is gone.
+        return (
+            f"{self.place}: refusing to resume store file {self.place.db_path} (id {self.writer.file_id}): "
+            f"its highest committed sequence is {highest} but stream {s.stream} starts at sequence {first}, "
+            f"so the partition's history is incomplete (messages {highest + 1}-{first - 1} are gone)"
+        )
 
     async def _declare_consumer(self, js: JetStreamContext) -> None:
         s, place = self.settings, self.place
@@ -225,7 +271,13 @@ class Pipeline(BatchCommitter):
 
     def sample(self) -> PartitionSample:
         return PartitionSample(
-            self.place.partition, self.writer.counters, self.ready, self.buffered, self.pending, self.ack_pending
+            self.place.partition,
+            self.place.count,
+            self.writer.counters,
+            self.ready,
+            self.buffered,
+            self.pending,
+            self.ack_pending,
         )
 
     # ---- queries (served over NATS by endpoints.py) ------------------------------------------
@@ -260,6 +312,15 @@ class Pipeline(BatchCommitter):
 
     def list_dead_letters(self, q: DeadLettersQuery) -> bytes:
         return self.writer.store.reader.list_dead_letters(q)
+
+
+async def _bounded(step: Awaitable[None], what: str) -> None:
+    """Waits for a cleanup step at most :data:`CLEANUP_BOUND` seconds; its failure is logged, not
+    raised, so that the steps after it run."""
+    try:
+        await asyncio.wait_for(step, CLEANUP_BOUND)
+    except Exception as exc:
+        log.warning("%s failed: %s", what, exc or type(exc).__name__)
 
 
 async def _either(*events: asyncio.Event) -> None:

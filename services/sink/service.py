@@ -22,7 +22,7 @@ from logmesh.common.leases_bucket import ensure_lease_bucket
 from logmesh.common.nats_credentials import NatsCredentials
 from logmesh.common.partitions import PartitionsMismatch, partitions_of
 from logmesh.sink.lease import bucket_ttl
-from logmesh.sink.metrics import SinkMetrics
+from logmesh.sink.metrics import PartitionSample, SinkMetrics
 from logmesh.sink.ownership import Ownership
 from logmesh.sink.pipeline import Pipeline
 from logmesh.sink.place import Place
@@ -42,14 +42,19 @@ class Sink:
         self._claimed = {p.resolve() for p in claimed}
         self.pipelines: dict[int, Pipeline] = {}
         self.partitions: int | None = None  # P, once the stream is known
-        self.metrics = SinkMetrics(owned=lambda: [p.sample() for p in self.pipelines.values()], ready=self._ready)
+        self.metrics = SinkMetrics(owned=self._samples, ready=self._ready)
+
+    def _samples(self) -> list[PartitionSample]:
+        """Read on the metrics server's thread while the event loop adds and removes pipelines: it
+        iterates a copy of the dict (``dict.copy`` is one step under the GIL), never the live dict."""
+        return [p.sample() for p in self.pipelines.copy().values()]
 
     def _ready(self) -> bool:
         """Every partition served is ready (a sink that serves none, a standby, is ready too); with one
         partition, its pipeline."""
         if self.partitions is None or (self.partitions == 1 and not self.pipelines):
             return False
-        return all(p.ready for p in self.pipelines.values())
+        return all(p.ready for p in self.pipelines.copy().values())
 
     @property
     def ready(self) -> bool:
