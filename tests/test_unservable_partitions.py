@@ -30,7 +30,8 @@ from tests.test_partitioned_sink import (
     sink_args,
 )
 
-pytestmark = pytest.mark.timeout(120)
+# Failure handling with several sink processes and lease timeouts: with the fault tests.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 P = 2
 BY_PARTITION = {k: [t for t in TOPICS if partitions.partition_of(t, P) == k][:3] for k in range(P)}
 

@@ -188,7 +188,7 @@ class AckedPublisher:
         unanswered = [r is None for r in results]
         pause = _FIRST_PAUSE
         while time.monotonic() < deadline:
-            todo = [i for i, r in enumerate(results) if r != STORED and r != DUPLICATE]
+            todo = [i for i, r in enumerate(results) if _worth_retrying(r)]
             if not todo:
                 break
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
@@ -277,6 +277,19 @@ class AckedPublisher:
         pending.waiting -= 1
         if pending.waiting == 0:
             pending.done.set()
+
+
+def _worth_retrying(result: int | str | None) -> bool:
+    """What a retry can fix: no answer, no stream leader yet (a no-responders status, or JetStream
+    temporarily unavailable), or an earlier copy of the id still being replicated (409). A limit the
+    stream enforces (maximum bytes, a message too large) or a refusal stays what it is."""
+    if result is None:
+        return True
+    if not isinstance(result, str):
+        return False
+    if result.startswith(("status ", "409 ")):
+        return True
+    return result.startswith("503 ") and "maximum" not in result and "exceed" not in result
 
 
 def _ack_seq(ack: bytes | None) -> int | None:
