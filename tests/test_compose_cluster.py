@@ -303,8 +303,10 @@ def _lease_history(
 
 
 def _check_owners(local: LocalCompose, stats: dict[str, Any], since: dict[str, int]) -> dict[int, str]:
-    """Each partition has exactly one owner, one of the two sinks, which won its lease once in this
-    ``up``; and where the compose layout decides the owner, it is the primary.
+    """Each partition has exactly one owner, one of the two sinks, and every lease of it won in this
+    ``up`` was won by that sink: it never changed hands (a lease that lapsed while the machine was
+    busy and was won back by its holder is allowed, see docs/scaling.md, "An election can cost the
+    leases"); and where the compose layout decides the owner, it is the primary.
 
     Compose starts sink-1 as soon as sink-0 is started, so both usually begin claiming within a
     moment of each other, but nothing bounds that moment. A primary tries its partitions as soon as it
@@ -316,7 +318,7 @@ def _check_owners(local: LocalCompose, stats: dict[str, Any], since: dict[str, i
     owners = {p["partition"]: p["owner"] for p in stats["partitions"]}
     assert sorted(owners) == list(range(PARTITIONS)) and set(owners.values()) <= set(SINKS), owners
     began, ttl, won = _lease_history(local, since)
-    assert sorted(won) == sorted(owners.items()), "each partition won once, by the owner /stats names"
+    assert sorted(set(won)) == sorted(owners.items()), "each partition won only by the owner /stats names"
     if abs((began["sink-0"] - began["sink-1"]).total_seconds()) < ttl / 2:
         assert owners == PRIMARIES
     else:
