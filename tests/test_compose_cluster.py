@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -298,7 +298,9 @@ def _lease_history(
             elif lease := _WON.fullmatch(line["message"].removesuffix(" (standby)")):
                 assert lease["sink"] == sink, line
                 won.append((int(lease["k"]), sink))
-    assert set(began) == set(SINKS) and len(ttls) == 1, (began, ttls)
+    # A sink that has not begun claiming by now (slow to start on a busy machine) holds nothing: the
+    # other one took its partitions after a TTL of absence, as a standby does.
+    assert began and set(began) <= set(SINKS) and len(ttls) == 1, (began, ttls)
     return began, ttls.pop(), won
 
 
@@ -312,17 +314,19 @@ def _check_owners(local: LocalCompose, stats: dict[str, Any], since: dict[str, i
     moment of each other, but nothing bounds that moment. A primary tries its partitions as soon as it
     begins; a standby takes one only after finding it free for a whole lease TTL. So when both began
     within half a TTL of each other (the other half for the primary's create to land), every
-    partition is its primary's. When one began later than that, its partitions may have gone to the
-    other sink, which keeps them (no rebalancing); the early sink's own partitions are still its own.
+    partition is its primary's. When one began later than that (or has not begun yet), its partitions
+    may have gone to the other sink, which keeps them (no rebalancing); the early sink's own
+    partitions are still its own.
     """
     owners = {p["partition"]: p["owner"] for p in stats["partitions"]}
     assert sorted(owners) == list(range(PARTITIONS)) and set(owners.values()) <= set(SINKS), owners
     began, ttl, won = _lease_history(local, since)
     assert sorted(set(won)) == sorted(owners.items()), "each partition won only by the owner /stats names"
-    if abs((began["sink-0"] - began["sink-1"]).total_seconds()) < ttl / 2:
+    if len(began) == len(SINKS) and abs((began["sink-0"] - began["sink-1"]).total_seconds()) < ttl / 2:
         assert owners == PRIMARIES
     else:
-        late = max(SINKS, key=began.__getitem__)
+        never = datetime.max.replace(tzinfo=UTC)
+        late = max(SINKS, key=lambda sink: began.get(sink, never))
         assert all(owner == PRIMARIES[k] or PRIMARIES[k] == late for k, owner in owners.items()), (owners, began)
     return owners
 
