@@ -104,6 +104,29 @@ async def ensure_stream(js: JetStreamContext, settings: CommonSettings, *, may_u
     return info
 
 
+def sink_consumer_config(
+    name: str,
+    *,
+    ack_wait: float,
+    max_ack_pending: int,
+    filter_subjects: list[str] | None = None,
+    inactive_threshold: float | None = None,
+) -> ConsumerConfig:
+    """A sink's durable pull consumer: the whole stream from its start, every message acked on its
+    own, redelivered for as long as it takes; a partition's reads its filters only."""
+    return ConsumerConfig(
+        name=name,
+        durable_name=name,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_ack_pending=max_ack_pending,
+        max_deliver=-1,
+        filter_subjects=filter_subjects,
+        inactive_threshold=inactive_threshold,
+    )
+
+
 async def ensure_consumer(
     js: JetStreamContext,
     stream: str,
@@ -115,15 +138,7 @@ async def ensure_consumer(
     """Declares the sink's durable pull consumer (create or update), acks explicit. A consumer whose
     fixed settings differ (an older ack policy) is replaced: the new one delivers the stream from the
     start, and the sink skips, by sequence, everything it has already committed."""
-    config = ConsumerConfig(
-        name=name,
-        durable_name=name,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ack_wait,
-        max_ack_pending=max_ack_pending,
-        max_deliver=-1,
-    )
+    config = sink_consumer_config(name, ack_wait=ack_wait, max_ack_pending=max_ack_pending)
     try:
         return await js.add_consumer(stream, config)
     except BadRequestError as exc:

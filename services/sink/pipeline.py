@@ -20,13 +20,14 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamInfo
+from nats.js.api import StreamInfo
 from nats.micro.service import Service
 
 from logmesh import __version__
 from logmesh.common.failpoints import Failpoints
 from logmesh.common.jetstream import ensure_consumer
 from logmesh.common.query_contract import DeadLettersQuery, EventQuery, EventsQuery
+from logmesh.common.stream_setup import sink_consumer_config
 from logmesh.sink.commit import BatchCommitter, LeaseLost, Unservable
 from logmesh.sink.counters import Counters
 from logmesh.sink.crash_journal import CrashJournal
@@ -218,14 +219,10 @@ class Pipeline(BatchCommitter):
             return
         # The file's own consumer: created once with the file and never changed (its name is new with
         # every file), so declaring it again is a no-op.
-        config = ConsumerConfig(
-            name=self.consumer,
-            durable_name=self.consumer,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
+        config = sink_consumer_config(
+            self.consumer,
             ack_wait=s.ack_wait,
             max_ack_pending=s.max_ack_pending,
-            max_deliver=-1,
             filter_subjects=place.filters,
             inactive_threshold=INACTIVE_THRESHOLD,
         )
