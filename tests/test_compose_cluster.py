@@ -306,9 +306,9 @@ def _lease_history(
 
 def _check_owners(local: LocalCompose, stats: dict[str, Any], since: dict[str, int]) -> dict[int, str]:
     """Each partition has exactly one owner, one of the two sinks, and every lease of it won in this
-    ``up`` was won by that sink: it never changed hands (a lease that lapsed while the machine was
-    busy and was won back by its holder is allowed, see docs/scaling.md, "An election can cost the
-    leases"); and where the compose layout decides the owner, it is the primary.
+    ``up`` that came last was won by that sink (a lease that lapsed while the machine was busy may be
+    won again, by its holder or its standby, see docs/scaling.md, "An election can cost the leases");
+    and where the compose layout decides the owner, it is the primary.
 
     Compose starts sink-1 as soon as sink-0 is started, so both usually begin claiming within a
     moment of each other, but nothing bounds that moment. A primary tries its partitions as soon as it
@@ -321,8 +321,13 @@ def _check_owners(local: LocalCompose, stats: dict[str, Any], since: dict[str, i
     owners = {p["partition"]: p["owner"] for p in stats["partitions"]}
     assert sorted(owners) == list(range(PARTITIONS)) and set(owners.values()) <= set(SINKS), owners
     began, ttl, won = _lease_history(local, since)
-    assert sorted(set(won)) == sorted(owners.items()), "each partition won only by the owner /stats names"
-    if len(began) == len(SINKS) and abs((began["sink-0"] - began["sink-1"]).total_seconds()) < ttl / 2:
+    # A lease that lapsed on a busy machine may go to the standby (no rebalancing): the last win of each
+    # partition is its owner's, and nobody else holds it.
+    last = {k: sink for k, sink in won}
+    assert last == owners, "the last lease won of each partition is the owner /stats names"
+    lapsed = len(won) > len(last)  # some lease was won again: the layout no longer decides its owner
+    together = len(began) == len(SINKS) and abs((began["sink-0"] - began["sink-1"]).total_seconds()) < ttl / 2
+    if together and not lapsed:
         assert owners == PRIMARIES
     else:
         never = datetime.max.replace(tzinfo=UTC)
